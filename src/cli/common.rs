@@ -1,0 +1,110 @@
+//! Argument groups and helpers shared by the subcommands.
+
+use std::io::Read;
+
+use anyhow::Context;
+use clap::Args;
+use pathos::engine::device::parse_device;
+use pathos::engine::model::{LoadOptions, Model};
+use pathos::engine::registry::{Manifest, resolve_model};
+use pathos::engine::sampler::SamplingParams;
+
+/// Which model to run and where.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// Model name from the manifest (see `pathos models list`) or path to a .gguf file.
+    #[arg(short = 'm', long)]
+    pub model: Option<String>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long)]
+    pub ctx_size: Option<usize>,
+}
+
+/// Sampling options (llama.cpp's names and defaults).
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (leave out to keep all).
+    #[arg(long, default_value = "40", allow_negative_numbers = true)]
+    pub top_k: Option<i64>,
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The library's parameters, validated.
+    pub fn params(&self) -> anyhow::Result<SamplingParams> {
+        let top_k = match self.top_k {
+            Some(k) if k < 0 => {
+                return Err(pathos::engine::Error::InvalidSampling(format!(
+                    "top-k must be at least 1, got {k}"
+                ))
+                .into());
+            }
+            k => k.map(|k| k as usize),
+        };
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Resolves (fetching if needed) and loads the model, with a spinner on a terminal.
+pub fn load_model(args: &ModelArgs, offline: bool) -> anyhow::Result<Model> {
+    let manifest = Manifest::builtin()?;
+    let resolved = resolve_model(&manifest, args.model.as_deref(), offline, true)?;
+    let device = parse_device(&args.device)?;
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("loading {}", resolved.display_name()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    let model = Model::load(
+        &resolved,
+        &LoadOptions {
+            device,
+            context: args.ctx_size,
+        },
+    );
+    spinner.finish_and_clear();
+    Ok(model?)
+}
+
+/// The prompt argument, or stdin when it is `-` or absent.
+pub fn read_prompt(arg: Option<String>) -> anyhow::Result<String> {
+    match arg.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
+            Ok(s)
+        }
+        Some(p) => Ok(p.to_string()),
+    }
+}

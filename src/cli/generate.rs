@@ -1,0 +1,91 @@
+//! `pathos generate`: one prompt, the reply streamed to stdout.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+use pathos::engine::generate::{FinishReason, GenerateRequest, generate};
+use pathos::engine::template::Message;
+use serde_json::json;
+
+use super::common::{ModelArgs, SamplingArgs, load_model, read_prompt};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The prompt; `-` or nothing reads stdin.
+    pub prompt: Option<String>,
+    /// Send the prompt as it is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// System message for the chat template.
+    #[arg(long, conflicts_with = "raw")]
+    pub system: Option<String>,
+    /// Print one JSON object with the text, finish reason, counts and timings.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
+    let sampling = args.sampling.params()?;
+    let prompt = read_prompt(args.prompt)?;
+    let model = load_model(&args.model, offline)?;
+    let text = if args.raw {
+        prompt
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = args.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::new("user", prompt));
+        model.template.render(&messages, true)?
+    };
+    // A templated prompt already carries BOS when the template prints it.
+    let add_special = args.raw
+        || !text.starts_with(&model.tokenizer.bos_text())
+        || model.tokenizer.bos_text().is_empty();
+    let tokens = model.tokenizer.encode(&text, add_special)?;
+    let req = GenerateRequest {
+        prompt: tokens,
+        sampling,
+        max_tokens: args.sampling.max_tokens,
+        stop: args.sampling.stop.clone(),
+    };
+    let mut session = model.new_session()?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let json_mode = args.json;
+    let mut sink = |s: &str| -> bool {
+        if json_mode {
+            return true;
+        }
+        // A closed pipe (`| head`) ends generation quietly.
+        out.write_all(s.as_bytes())
+            .and_then(|_| out.flush())
+            .is_ok()
+    };
+    let g = generate(&model, &mut session, &req, &mut sink)?;
+    if json_mode {
+        let v = json!({
+            "model": model.name,
+            "text": g.text,
+            "finish_reason": g.finish_reason,
+            "prompt_tokens": g.timings.prompt_tokens,
+            "generated_tokens": g.timings.generated_tokens,
+            "timings": {
+                "load_ms": model.load_time.as_secs_f64() * 1000.0,
+                "prompt_ms": g.timings.prompt_ms,
+                "generation_ms": g.timings.generation_ms,
+                "prompt_tokens_per_second": g.timings.prompt_tokens_per_second,
+                "generation_tokens_per_second": g.timings.generation_tokens_per_second,
+            },
+        });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
+    } else if g.finish_reason != FinishReason::Cancelled {
+        let _ = writeln!(out);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,100 @@
+//! Subcommands, one file each. They parse arguments, call the library and print.
+
+mod bench;
+mod chat;
+mod common;
+mod generate;
+mod models;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Never touch the network (also PATHOS_OFFLINE=1).
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long, global = true)]
+    pub threads: Option<usize>,
+    /// More log output (-v info, -vv debug); RUST_LOG also works.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pathos",
+    version,
+    about = "Local GGUF inference: emotion-aware debate rewrites and ethics checks, offline"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, fetch, inspect and verify models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Generate a reply to a prompt, streamed to stdout.
+    Generate(generate::GenerateArgs),
+    /// Interactive multi-turn chat.
+    Chat(chat::ChatArgs),
+    /// Measure prompt processing and generation speed (llama-bench columns).
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let offline = cli.global.offline || pathos::engine::registry::offline_from_env();
+    let threads = cli.global.threads;
+    match cli.command {
+        Command::Models(c) => models::run(c, offline),
+        Command::Generate(a) => generate::run(a, offline),
+        Command::Chat(a) => chat::run(a, offline),
+        Command::Bench(a) => bench::run(a, offline, threads),
+    }
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// An error and its causes on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// Exit status for an error: 2 for bad usage or input values, 1 otherwise.
+pub fn error_exit_code(e: &anyhow::Error) -> u8 {
+    use pathos::engine::Error;
+    match e.downcast_ref::<Error>() {
+        Some(Error::InvalidSampling(_)) => 2,
+        _ => 1,
+    }
+}

@@ -1,0 +1,319 @@
+//! The decoder-only transformer all supported architectures share: plain functions over
+//! candle tensors, configured by [`ArchConfig`]. Weights are loaded once and shared
+//! (read-only) by every sequence; each call takes the sequence's own [`KvCache`].
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::{Activation, ArchConfig, RopeStyle};
+use crate::engine::error::{Error, Result};
+use crate::engine::gguf::GgufFile;
+use crate::engine::kv_cache::KvCache;
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's (generation).
+    Last,
+    /// Every position's (scoring a text).
+    All,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+    post_ffn_norm: Option<Tensor>,
+    /// Index into [`Transformer::rope_tables`].
+    rope: usize,
+    sliding_window: Option<usize>,
+}
+
+/// Weights and precomputed tables of one model.
+pub struct Transformer {
+    cfg: ArchConfig,
+    embed: QTensor,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    output: QMatMul,
+    /// (cos, sin) per distinct RoPE base, `[context_length, head_dim / 2]`.
+    rope_tables: Vec<(Tensor, Tensor)>,
+    device: Device,
+}
+
+fn rope_table(
+    theta: f32,
+    head_dim: usize,
+    n_pos: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(n_pos * half);
+    let mut sin = Vec::with_capacity(n_pos * half);
+    for p in 0..n_pos {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n_pos, half), device)?,
+        Tensor::from_vec(sin, (n_pos, half), device)?,
+    ))
+}
+
+impl Transformer {
+    /// Loads the weights of `gguf` onto `device`. `max_positions` bounds the RoPE tables
+    /// (the longest context any sequence will use).
+    pub fn load(
+        gguf: &GgufFile,
+        cfg: ArchConfig,
+        device: &Device,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let qt = |name: &str| gguf.tensor(name, device);
+        let mm = |name: &str| -> Result<QMatMul> { Ok(QMatMul::from_qtensor(qt(name)?)?) };
+        let dense = |name: &str| -> Result<Tensor> { Ok(qt(name)?.dequantize(device)?) };
+        let opt_dense = |name: &str| -> Result<Option<Tensor>> {
+            if gguf.has_tensor(name) {
+                dense(name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut thetas: Vec<f32> = Vec::new();
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for (i, la) in cfg.layers.iter().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let rope = match thetas.iter().position(|t| *t == la.rope_theta) {
+                Some(r) => r,
+                None => {
+                    thetas.push(la.rope_theta);
+                    thetas.len() - 1
+                }
+            };
+            layers.push(Layer {
+                attn_norm: dense(&p("attn_norm.weight"))?,
+                wq: mm(&p("attn_q.weight"))?,
+                wk: mm(&p("attn_k.weight"))?,
+                wv: mm(&p("attn_v.weight"))?,
+                wo: mm(&p("attn_output.weight"))?,
+                bq: opt_dense(&p("attn_q.bias"))?,
+                bk: opt_dense(&p("attn_k.bias"))?,
+                bv: opt_dense(&p("attn_v.bias"))?,
+                q_norm: opt_dense(&p("attn_q_norm.weight"))?,
+                k_norm: opt_dense(&p("attn_k_norm.weight"))?,
+                post_attn_norm: opt_dense(&p("post_attention_norm.weight"))?,
+                ffn_norm: dense(&p("ffn_norm.weight"))?,
+                w_gate: mm(&p("ffn_gate.weight"))?,
+                w_up: mm(&p("ffn_up.weight"))?,
+                w_down: mm(&p("ffn_down.weight"))?,
+                post_ffn_norm: opt_dense(&p("post_ffw_norm.weight"))?,
+                rope,
+                sliding_window: la.sliding_window,
+            });
+        }
+        let embed = qt("token_embd.weight")?;
+        // Tied embeddings: the output projection reuses the embedding matrix.
+        let output = if gguf.has_tensor("output.weight") {
+            mm("output.weight")?
+        } else {
+            QMatMul::from_qtensor(qt("token_embd.weight")?)?
+        };
+        let n_pos = max_positions.min(cfg.context_length).max(1);
+        let rope_tables = thetas
+            .iter()
+            .map(|t| rope_table(*t, cfg.head_dim, n_pos, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            out_norm: dense("output_norm.weight")?,
+            embed,
+            layers,
+            output,
+            rope_tables,
+            device: device.clone(),
+            cfg,
+        })
+    }
+
+    /// The architecture configuration.
+    pub fn config(&self) -> &ArchConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Longest sequence the RoPE tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.rope_tables.first().map_or(0, |(c, _)| c.dims()[0])
+    }
+
+    /// A KV cache for one sequence of up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(
+            self.cfg.n_layer,
+            self.cfg.n_head_kv,
+            self.cfg.head_dim,
+            capacity.min(self.max_positions()),
+            &self.device,
+        )
+    }
+
+    /// Runs `tokens` (the continuation of the sequence in `cache`) through the model and
+    /// returns logits `[n, vocab]` for the last position or for all of them.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(Error::InvalidSampling("no tokens to process".into()));
+        }
+        cache.check_room(t)?;
+        let pos = cache.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?;
+        if self.cfg.scale_embeddings {
+            x = (x * (self.cfg.n_embd as f64).sqrt())?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.block(layer, i, &x, pos, cache)?;
+        }
+        cache.advance(t);
+        let x = match logits {
+            Logits::Last => x.narrow(0, t - 1, 1)?,
+            Logits::All => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.out_norm, self.cfg.rms_eps as f32)?;
+        Ok(self.output.forward(&x)?)
+    }
+
+    fn block(
+        &self,
+        l: &Layer,
+        li: usize,
+        x: &Tensor,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let eps = c.rms_eps as f32;
+        let t = x.dim(0)?;
+        let h = candle_nn::ops::rms_norm(x, &l.attn_norm, eps)?;
+        let proj = |w: &QMatMul, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+            let mut y = w.forward(&h)?;
+            if let Some(b) = b {
+                y = y.broadcast_add(b)?;
+            }
+            Ok(y.reshape((t, heads, c.head_dim))?)
+        };
+        let mut q = proj(&l.wq, &l.bq, c.n_head)?;
+        let mut k = proj(&l.wk, &l.bk, c.n_head_kv)?;
+        let v = proj(&l.wv, &l.bv, c.n_head_kv)?;
+        if let Some(n) = &l.q_norm {
+            q = candle_nn::ops::rms_norm(&q, n, eps)?;
+        }
+        if let Some(n) = &l.k_norm {
+            k = candle_nn::ops::rms_norm(&k, n, eps)?;
+        }
+        // [t, heads, d] -> [1, heads, t, d] for the RoPE kernels.
+        let q = q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
+        let k = k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
+        let v = v.transpose(0, 1)?.contiguous()?;
+        let (cos, sin) = &self.rope_tables[l.rope];
+        let cos = cos.narrow(0, pos, t)?;
+        let sin = sin.narrow(0, pos, t)?;
+        let (q, k) = match c.rope {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+            ),
+            RopeStyle::Neox => (
+                candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+            ),
+        };
+        let q = (q.squeeze(0)? * c.attention_scale)?;
+        let (k_all, v_all) = cache.append(li, &k.squeeze(0)?, &v)?;
+        let n_kv = k_all.dim(1)?;
+        // Query heads that share a kv head are stacked so one batched matmul per kv head
+        // serves them all: [n_head, t, d] -> [n_kv_head, rep * t, d].
+        let rep = c.n_head / c.n_head_kv;
+        let q = q.reshape((c.n_head_kv, rep * t, c.head_dim))?;
+        let mut att = q.matmul(&k_all.t()?)?;
+        if let Some(mask) = attention_mask(t, pos, n_kv, l.sliding_window, &self.device)? {
+            att = att
+                .reshape((c.n_head_kv, rep, t, n_kv))?
+                .broadcast_add(&mask)?
+                .reshape((c.n_head_kv, rep * t, n_kv))?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = att.matmul(&v_all)?; // [n_kv_head, rep * t, d]
+        let o = o
+            .reshape((c.n_head, t, c.head_dim))?
+            .transpose(0, 1)?
+            .reshape((t, c.n_head * c.head_dim))?;
+        let mut o = l.wo.forward(&o)?;
+        if let Some(n) = &l.post_attn_norm {
+            o = candle_nn::ops::rms_norm(&o, n, eps)?;
+        }
+        let x = (x + o)?;
+        let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
+        let gate = l.w_gate.forward(&h)?;
+        let gate = match c.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let mut f = l.w_down.forward(&(gate * l.w_up.forward(&h)?)?)?;
+        if let Some(n) = &l.post_ffn_norm {
+            f = candle_nn::ops::rms_norm(&f, n, eps)?;
+        }
+        Ok((x + f)?)
+    }
+}
+
+/// Additive mask `[t, n_kv]` for `t` new queries at `pos..pos + t` over `n_kv` keys:
+/// causal, and limited to `window` past positions for sliding-window layers. `None`
+/// when nothing is masked (a single query without a window in reach).
+fn attention_mask(
+    t: usize,
+    pos: usize,
+    n_kv: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let windowed = window.is_some_and(|w| pos + t > w);
+    if t == 1 && !windowed {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; t * n_kv];
+    for i in 0..t {
+        let qp = pos + i;
+        for (j, cell) in m[i * n_kv..(i + 1) * n_kv].iter_mut().enumerate() {
+            let future = j > qp;
+            let too_old = window.is_some_and(|w| qp - j.min(qp) >= w);
+            if future || too_old {
+                *cell = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Some(
+        Tensor::from_vec(m, (t, n_kv), device)?.to_dtype(DType::F32)?,
+    ))
+}

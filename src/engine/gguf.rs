@@ -1,0 +1,400 @@
+//! Opening and validating GGUF files.
+//!
+//! [`GgufFile`] memory-maps a model file, parses its header with candle's reader, and
+//! checks every tensor's byte range against the file size before anything is loaded, so
+//! that a truncated or corrupt download is reported as such (with the file size) instead
+//! of failing later in the middle of loading. [`ModelInfo`] is the summary that
+//! `pathos models info` prints.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor, ggml_file};
+use serde::Serialize;
+
+use super::error::{Error, Result};
+
+/// A parsed, bounds-checked GGUF file with its bytes memory-mapped.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    mmap: memmap2::Mmap,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Name of a ggml tensor type id, for error messages about types candle cannot load.
+fn ggml_type_name(id: u32) -> String {
+    const NAMES: [&str; 40] = [
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+    ];
+    NAMES
+        .get(id as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("type #{id}"))
+}
+
+/// Walks the tensor-info table by hand to find the first tensor whose ggml type candle
+/// cannot load; candle's own error does not name the tensor.
+fn find_unsupported_tensor(bytes: &[u8]) -> Option<(String, u32)> {
+    let mut cur = std::io::Cursor::new(bytes);
+    let mut u32b = [0u8; 4];
+    let mut u64b = [0u8; 8];
+    let mut rd32 = |c: &mut std::io::Cursor<&[u8]>| -> Option<u32> {
+        c.read_exact(&mut u32b).ok()?;
+        Some(u32::from_le_bytes(u32b))
+    };
+    let rd64 = |c: &mut std::io::Cursor<&[u8]>, b: &mut [u8; 8]| -> Option<u64> {
+        c.read_exact(b).ok()?;
+        Some(u64::from_le_bytes(*b))
+    };
+    let _magic = rd32(&mut cur)?;
+    let version = rd32(&mut cur)?;
+    if version < 2 {
+        return None;
+    }
+    let n_tensors = rd64(&mut cur, &mut u64b)?;
+    let n_kv = rd64(&mut cur, &mut u64b)?;
+    fn skip_value(c: &mut std::io::Cursor<&[u8]>, ty: u32) -> Option<()> {
+        let mut b8 = [0u8; 8];
+        let mut b4 = [0u8; 4];
+        let size = match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                c.read_exact(&mut b8).ok()?;
+                u64::from_le_bytes(b8)
+            }
+            9 => {
+                c.read_exact(&mut b4).ok()?;
+                let inner = u32::from_le_bytes(b4);
+                c.read_exact(&mut b8).ok()?;
+                let n = u64::from_le_bytes(b8);
+                for _ in 0..n {
+                    skip_value(c, inner)?;
+                }
+                0
+            }
+            _ => return None,
+        };
+        c.set_position(c.position().checked_add(size)?);
+        Some(())
+    }
+    for _ in 0..n_kv {
+        let klen = rd64(&mut cur, &mut u64b)?;
+        cur.set_position(cur.position().checked_add(klen)?);
+        let ty = rd32(&mut cur)?;
+        skip_value(&mut cur, ty)?;
+    }
+    for _ in 0..n_tensors {
+        let nlen = rd64(&mut cur, &mut u64b)? as usize;
+        let start = cur.position() as usize;
+        let name =
+            String::from_utf8_lossy(bytes.get(start..start.checked_add(nlen)?)?).into_owned();
+        cur.set_position((start + nlen) as u64);
+        let ndims = rd32(&mut cur)?;
+        cur.set_position(cur.position().checked_add(8 * ndims as u64)?);
+        let ty = rd32(&mut cur)?;
+        let _offset = rd64(&mut cur, &mut u64b)?;
+        if !matches!(ty, 0 | 1 | 2 | 3 | 6..=15 | 30) {
+            return Some((name, ty));
+        }
+    }
+    None
+}
+
+impl GgufFile {
+    /// Opens and validates `path`: magic, header, and every tensor's byte range.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingFile {
+                path: path.to_path_buf(),
+            },
+            _ => Error::io(format!("opening {}", path.display()), e),
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        if len < 4 {
+            return Err(Error::NotGguf {
+                path: path.to_path_buf(),
+                magic: format!("{len} bytes in all"),
+            });
+        }
+        // SAFETY: the map is read-only and pathos never writes model files in place
+        // (fetches go to a temp file and are renamed), so the bytes cannot change under us.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        if &mmap[..4] != b"GGUF" {
+            return Err(Error::NotGguf {
+                path: path.to_path_buf(),
+                magic: String::from_utf8_lossy(&mmap[..4]).into_owned(),
+            });
+        }
+        let mut cursor = std::io::Cursor::new(&mmap[..]);
+        let content = Content::read(&mut cursor).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("unknown dtype") {
+                let (tensor, id) = find_unsupported_tensor(&mmap).unwrap_or(("?".into(), 0));
+                Error::UnsupportedQuantization {
+                    tensor,
+                    dtype: ggml_type_name(id),
+                }
+            } else if msg.contains("remaining") || msg.contains("failed to fill whole buffer") {
+                Error::Truncated {
+                    path: path.to_path_buf(),
+                    detail: format!("header ends early ({msg})"),
+                    actual: len,
+                }
+            } else {
+                Error::CorruptGguf {
+                    path: path.to_path_buf(),
+                    detail: msg,
+                }
+            }
+        })?;
+        let mut needed = content.tensor_data_offset;
+        for (name, info) in &content.tensor_infos {
+            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
+            let end = content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .and_then(|o| o.checked_add(bytes as u64))
+                .ok_or_else(|| Error::CorruptGguf {
+                    path: path.to_path_buf(),
+                    detail: format!("tensor `{name}` has an impossible offset"),
+                })?;
+            needed = needed.max(end);
+        }
+        if needed > len {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                detail: format!("tensor data needs {needed} bytes"),
+                actual: len,
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            mmap,
+        })
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All metadata, for callers that need a key this type has no accessor for.
+    pub fn metadata(&self) -> &std::collections::HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// Whether a tensor of this name exists (optional tensors such as biases).
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Loads one tensor onto `device`, straight from the mapped bytes.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::CorruptGguf {
+                path: self.path.clone(),
+                detail: format!("tensor `{name}` is missing"),
+            })?;
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let size = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
+        let bytes = &self.mmap[start..start + size];
+        Ok(ggml_file::qtensor_from_ggml(
+            info.ggml_dtype,
+            bytes,
+            info.shape.dims().to_vec(),
+            device,
+        )?)
+    }
+
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| self.missing(key))
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        Error::MissingMetadata {
+            path: self.path.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// A string metadata value.
+    pub fn str(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .to_string()
+            .map(|s| s.as_str())
+            .map_err(|_| self.missing(key))
+    }
+
+    /// An optional string metadata value.
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        self.str(key).ok()
+    }
+
+    /// An integer metadata value of any width.
+    pub fn u64(&self, key: &str) -> Result<u64> {
+        let v = self.get(key)?;
+        let r = match v {
+            Value::U8(x) => Ok(*x as u64),
+            Value::U16(x) => Ok(*x as u64),
+            Value::U32(x) => Ok(*x as u64),
+            Value::U64(x) => Ok(*x),
+            Value::I8(x) => u64::try_from(*x).map_err(|_| ()),
+            Value::I16(x) => u64::try_from(*x).map_err(|_| ()),
+            Value::I32(x) => u64::try_from(*x).map_err(|_| ()),
+            Value::I64(x) => u64::try_from(*x).map_err(|_| ()),
+            _ => Err(()),
+        };
+        r.map_err(|_| self.missing(key))
+    }
+
+    /// An optional integer metadata value.
+    pub fn opt_u64(&self, key: &str) -> Option<u64> {
+        self.u64(key).ok()
+    }
+
+    /// A float metadata value.
+    pub fn f64(&self, key: &str) -> Result<f64> {
+        match self.get(key)? {
+            Value::F32(x) => Ok(*x as f64),
+            Value::F64(x) => Ok(*x),
+            _ => Err(self.missing(key)),
+        }
+    }
+
+    /// An optional boolean metadata value.
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        self.get(key).ok()?.to_bool().ok()
+    }
+
+    /// An array metadata value.
+    pub fn array(&self, key: &str) -> Result<&Vec<Value>> {
+        self.get(key)?.to_vec().map_err(|_| self.missing(key))
+    }
+
+    /// The `general.architecture` value.
+    pub fn architecture(&self) -> Result<&str> {
+        self.str("general.architecture")
+    }
+
+    /// The summary printed by `pathos models info`.
+    pub fn info(&self) -> Result<ModelInfo> {
+        let arch = self.architecture()?.to_string();
+        let mut quant: BTreeMap<String, usize> = BTreeMap::new();
+        let mut params = 0usize;
+        for info in self.content.tensor_infos.values() {
+            *quant.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+            params += info.shape.elem_count();
+        }
+        let vocab = self
+            .array("tokenizer.ggml.tokens")
+            .map(|t| t.len())
+            .unwrap_or(0);
+        Ok(ModelInfo {
+            path: self.path.clone(),
+            name: self.opt_str("general.name").map(str::to_string),
+            file_size: self.mmap.len() as u64,
+            context_length: self.opt_u64(&format!("{arch}.context_length")),
+            embedding_length: self.opt_u64(&format!("{arch}.embedding_length")),
+            block_count: self.opt_u64(&format!("{arch}.block_count")),
+            head_count: self.opt_u64(&format!("{arch}.attention.head_count")),
+            head_count_kv: self.opt_u64(&format!("{arch}.attention.head_count_kv")),
+            tokenizer_model: self.opt_str("tokenizer.ggml.model").map(str::to_string),
+            vocab_size: vocab,
+            chat_template: self.opt_str("tokenizer.chat_template").is_some(),
+            tensor_count: self.content.tensor_infos.len(),
+            parameters: params,
+            quantization: quant,
+            architecture: arch,
+        })
+    }
+}
+
+/// Bytes taken by `elems` elements of a ggml type.
+pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
+    elems / dtype.block_size() * dtype.type_size()
+}
+
+/// What `pathos models info` reports about a GGUF file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub name: Option<String>,
+    pub architecture: String,
+    pub file_size: u64,
+    pub parameters: usize,
+    pub context_length: Option<u64>,
+    pub embedding_length: Option<u64>,
+    pub block_count: Option<u64>,
+    pub head_count: Option<u64>,
+    pub head_count_kv: Option<u64>,
+    pub tokenizer_model: Option<String>,
+    pub vocab_size: usize,
+    pub chat_template: bool,
+    pub tensor_count: usize,
+    /// Tensor count per quantization type.
+    pub quantization: BTreeMap<String, usize>,
+}

@@ -1,0 +1,136 @@
+//! A loaded model: weights, tokenizer and chat template, ready to serve sequences.
+//!
+//! [`Model`] is cheap to share: its parts are behind `Arc`s and read-only, so any number
+//! of [`Session`]s (one per conversation or debating agent) run over one copy of the
+//! weights, each with its own KV cache.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+use super::arch::ArchConfig;
+use super::arch::transformer::Transformer;
+use super::error::Result;
+use super::gguf::{GgufFile, ModelInfo};
+use super::kv_cache::KvCache;
+use super::registry::ResolvedModel;
+use super::template::ChatTemplate;
+use super::tokenizer::Tokenizer;
+
+/// Context size used when the user gives none: the model's own, capped so the
+/// preallocated KV cache of a small model stays small.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Context size per sequence; `None` is min(model's, [`DEFAULT_CONTEXT`]).
+    pub context: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            context: None,
+        }
+    }
+}
+
+/// Weights, tokenizer and template of one model, shared by all its sessions.
+#[derive(Clone)]
+pub struct Model {
+    pub name: String,
+    pub transformer: Arc<Transformer>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Arc<ChatTemplate>,
+    pub info: Arc<ModelInfo>,
+    pub context: usize,
+    pub load_time: Duration,
+}
+
+impl Model {
+    /// Loads a resolved model file.
+    pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<Self> {
+        let start = Instant::now();
+        let gguf = GgufFile::open(&resolved.path)?;
+        let info = gguf.info()?;
+        let cfg = ArchConfig::from_gguf(&gguf)?;
+        let context = opts
+            .context
+            .unwrap_or(DEFAULT_CONTEXT)
+            .min(cfg.context_length)
+            .max(1);
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let template = ChatTemplate::new(
+            gguf.opt_str("tokenizer.chat_template"),
+            &tokenizer.bos_text(),
+            &tokenizer.eos_text(),
+            tokenizer.token_id("<start_of_turn>").is_some(),
+        )?;
+        let transformer = Transformer::load(&gguf, cfg, &opts.device, context)?;
+        let load_time = start.elapsed();
+        tracing::debug!(model = %resolved.path.display(), ?load_time, "model loaded");
+        Ok(Self {
+            name: resolved.display_name(),
+            transformer: Arc::new(transformer),
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            info: Arc::new(info),
+            context,
+            load_time,
+        })
+    }
+
+    /// A fresh sequence with its own KV cache.
+    pub fn new_session(&self) -> Result<Session> {
+        Ok(Session {
+            cache: self.transformer.new_cache(self.context)?,
+            tokens: Vec::new(),
+        })
+    }
+}
+
+/// One sequence: its KV cache and the tokens the cache holds.
+pub struct Session {
+    pub(crate) cache: KvCache,
+    pub(crate) tokens: Vec<u32>,
+}
+
+impl Session {
+    /// Tokens currently in the cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Positions this session can hold.
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Empties the session (the cache memory is kept for reuse).
+    pub fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.tokens.clear();
+    }
+
+    /// Keeps the longest cached prefix shared with `prompt` and returns its length, so a
+    /// follow-up turn only processes what is new.
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let mut common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // At least one token must be run to get logits for the next one.
+        if common == prompt.len() {
+            common = common.saturating_sub(1);
+        }
+        self.cache.truncate(common);
+        self.tokens.truncate(common);
+        common
+    }
+}

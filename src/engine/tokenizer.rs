@@ -1,0 +1,384 @@
+//! Tokenizers built from GGUF metadata alone.
+//!
+//! [`Tokenizer::from_gguf`] reads `tokenizer.ggml.*` and builds a `tokenizers` pipeline
+//! that matches llama.cpp's tokenization of the same file:
+//! - `gpt2`: byte-level BPE from the stored merges, with the pre-tokenizer regex chosen by
+//!   `tokenizer.ggml.pre` (SmolLM2, Qwen2, Llama 3 …);
+//! - `llama`: SentencePiece-style BPE (Gemma …): merges are derived from the vocabulary
+//!   and its scores (a pair merges when its concatenation is a token; higher score first),
+//!   with byte fallback for characters outside the vocabulary.
+//!
+//! Control and user-defined tokens are added tokens, so they are recognised in text as
+//! llama.cpp does with `parse_special`. A `tokenizer.json` beside the model overrides all
+//! of this. [`StreamDecoder`] turns a growing token list into text deltas without ever
+//! splitting a UTF-8 character.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
+
+use super::error::{Error, Result};
+use super::gguf::GgufFile;
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+/// Texts of end-of-turn tokens that end generation besides `eos_token_id`.
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<|end|>",
+    "<eos>",
+];
+
+/// Pre-tokenizer regexes, keyed by `tokenizer.ggml.pre`.
+const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A model's tokenizer plus the special ids generation needs.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    add_bos: bool,
+    end_of_generation: Vec<u32>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer of `gguf`, or loads `tokenizer.json` from the model's directory
+    /// when one is there.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let override_path = gguf
+            .path()
+            .parent()
+            .map(|d| d.join("tokenizer.json"))
+            .filter(|p| p.is_file());
+        let inner = match override_path {
+            Some(p) => tokenizers::Tokenizer::from_file(&p).map_err(tok_err)?,
+            None => build_from_metadata(gguf)?,
+        };
+        let bos = gguf
+            .opt_u64("tokenizer.ggml.bos_token_id")
+            .map(|v| v as u32);
+        let model = gguf.opt_str("tokenizer.ggml.model").unwrap_or("gpt2");
+        // llama.cpp's default: SentencePiece vocabularies add BOS unless told not to.
+        let add_bos = gguf
+            .opt_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(model == "llama");
+        let mut end_of_generation = Vec::new();
+        if let Some(eos) = gguf.opt_u64("tokenizer.ggml.eos_token_id") {
+            end_of_generation.push(eos as u32);
+        }
+        if let Some(eot) = gguf.opt_u64("tokenizer.ggml.eot_token_id") {
+            end_of_generation.push(eot as u32);
+        }
+        for t in END_OF_TURN_TOKENS {
+            if let Some(id) = inner.token_to_id(t) {
+                if !end_of_generation.contains(&id) {
+                    end_of_generation.push(id);
+                }
+            }
+        }
+        Ok(Self {
+            inner,
+            bos,
+            add_bos,
+            end_of_generation,
+        })
+    }
+
+    /// Token ids of `text`. `add_special` prepends BOS when the model asks for it;
+    /// special-token texts in `text` are always recognised.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_special && self.add_bos {
+            if let Some(b) = self.bos {
+                ids.push(b);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tok_err)
+    }
+
+    /// Whether `id` ends generation (EOS or an end-of-turn token).
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.end_of_generation.contains(&id)
+    }
+
+    /// The id of a token given by its text, if it is one token.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
+    }
+
+    /// The text of one token as stored in the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// BOS token text, for chat templates that print it.
+    pub fn bos_text(&self) -> String {
+        self.bos
+            .and_then(|b| self.token_text(b))
+            .unwrap_or_default()
+    }
+
+    /// EOS token text, for chat templates that print it.
+    pub fn eos_text(&self) -> String {
+        self.end_of_generation
+            .first()
+            .and_then(|&e| self.token_text(e))
+            .unwrap_or_default()
+    }
+
+    /// Number of tokens in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Saves the built pipeline as a `tokenizer.json` (for inspection and debugging).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner.save(path, true).map_err(tok_err)
+    }
+}
+
+fn string_array(gguf: &GgufFile, key: &str) -> Result<Vec<String>> {
+    gguf.array(key)?
+        .iter()
+        .map(|v| {
+            v.to_string()
+                .cloned()
+                .map_err(|_| Error::Tokenizer(format!("`{key}` holds a non-string")))
+        })
+        .collect()
+}
+
+fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
+    let model = gguf.str("tokenizer.ggml.model")?;
+    let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+    let types: Vec<i64> = match gguf.array("tokenizer.ggml.token_type") {
+        Ok(a) => a
+            .iter()
+            .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
+            .collect(),
+        Err(_) => vec![1; tokens.len()],
+    };
+    let vocab: HashMap<String, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut tok = match model {
+        "gpt2" => {
+            let merges = string_array(gguf, "tokenizer.ggml.merges")?
+                .into_iter()
+                .map(|m| match m.split_once(' ') {
+                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                    None => Err(Error::Tokenizer(format!("malformed merge `{m}`"))),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let bpe = BPE::builder()
+                .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+                .build()
+                .map_err(tok_err)?;
+            let mut t = tokenizers::Tokenizer::new(bpe);
+            t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(
+                gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default"),
+            )?));
+            t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
+            t
+        }
+        "llama" => {
+            let scores: Vec<f32> = gguf
+                .array("tokenizer.ggml.scores")?
+                .iter()
+                .map(|v| v.to_f32().unwrap_or(0.0))
+                .collect();
+            let merges = merges_from_scores(&tokens, &scores, &vocab);
+            let unk = gguf
+                .opt_u64("tokenizer.ggml.unknown_token_id")
+                .and_then(|u| tokens.get(u as usize).cloned());
+            let mut builder = BPE::builder()
+                .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+                .byte_fallback(true)
+                .fuse_unk(true);
+            if let Some(unk) = unk {
+                builder = builder.unk_token(unk);
+            }
+            let bpe = builder.build().map_err(tok_err)?;
+            let mut t = tokenizers::Tokenizer::new(bpe);
+            let add_prefix = gguf
+                .opt_bool("tokenizer.ggml.add_space_prefix")
+                .unwrap_or(true);
+            let replace = Replace::new(" ", "▁").map_err(tok_err)?;
+            let normalizer = if add_prefix {
+                NormalizerWrapper::Sequence(tokenizers::normalizers::Sequence::new(vec![
+                    NormalizerWrapper::Prepend(Prepend::new("▁".into())),
+                    NormalizerWrapper::Replace(replace),
+                ]))
+            } else {
+                NormalizerWrapper::Replace(replace)
+            };
+            t.with_normalizer(Some(normalizer)).map_err(tok_err)?;
+            let mut decoders = vec![
+                DecoderWrapper::Replace(Replace::new("▁", " ").map_err(tok_err)?),
+                DecoderWrapper::ByteFallback(ByteFallback::new()),
+                DecoderWrapper::Fuse(Fuse::new()),
+            ];
+            if add_prefix {
+                decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+            }
+            t.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
+                decoders,
+            ))));
+            t
+        }
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "tokenizer model `{other}` is not supported (supported: gpt2, llama)"
+            )));
+        }
+    };
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, ty)| **ty == TYPE_CONTROL || **ty == TYPE_USER_DEFINED)
+        .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TYPE_CONTROL).normalized(false))
+        .collect();
+    tok.add_special_tokens(added).map_err(tok_err)?;
+    Ok(tok)
+}
+
+/// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
+fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        Ok(PreTokenizerWrapper::Split(
+            Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tok_err)?,
+        ))
+    };
+    let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false));
+    let seq = |v: Vec<PreTokenizerWrapper>| PreTokenizerWrapper::Sequence(PreSequence::new(v));
+    Ok(match pre {
+        "qwen2" | "deepseek-r1-qwen" => seq(vec![split(QWEN2_REGEX)?, byte_level]),
+        "llama-bpe" | "llama3" | "smaug-bpe" => seq(vec![split(LLAMA3_REGEX)?, byte_level]),
+        "smollm" | "starcoder" | "refact" | "codeshell" => seq(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            split(GPT2_REGEX)?,
+            byte_level,
+        ]),
+        other => {
+            if other != "default" && other != "gpt2" {
+                tracing::warn!("unknown tokenizer.ggml.pre `{other}`; using the GPT-2 split");
+            }
+            seq(vec![split(GPT2_REGEX)?, byte_level])
+        }
+    })
+}
+
+/// SentencePiece merges recovered from a scored vocabulary: every way of writing a token
+/// as the concatenation of two tokens is a merge, ranked by the merged token's score
+/// (highest first), which is the order llama.cpp's SPM tokenizer merges in.
+fn merges_from_scores(
+    tokens: &[String],
+    scores: &[f32],
+    vocab: &HashMap<String, u32>,
+) -> Vec<(String, String)> {
+    let mut merges: Vec<(f32, u32, usize, String, String)> = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (split, _) in tok.char_indices().skip(1) {
+            let (l, r) = tok.split_at(split);
+            if vocab.contains_key(l) && vocab.contains_key(r) {
+                merges.push((score, id as u32, split, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+    });
+    merges.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+}
+
+/// Turns generated ids into text deltas as they arrive, holding back bytes until they
+/// form whole UTF-8 characters (byte-fallback and byte-level tokens can split one).
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl StreamDecoder {
+    /// A decoder that starts with no tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one token; returns the text it completes, if any.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
+            let delta = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(Some(delta))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Text held back at the end (an incomplete character), decoded lossily.
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
+        if self.read_offset >= self.ids.len() {
+            return Ok(None);
+        }
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(full
+            .get(prefix.len()..)
+            .map(str::to_string)
+            .filter(|s| !s.is_empty()))
+    }
+}
