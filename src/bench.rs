@@ -98,7 +98,8 @@ pub fn run(
     on_progress: &mut dyn FnMut(),
 ) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    let tests: [(&str, usize, fn(&Model, usize) -> Result<f64>); 2] =
+    type Test = fn(&Model, usize) -> Result<f64>;
+    let tests: [(&str, usize, Test); 2] =
         [("pp", opts.n_prompt, run_pp), ("tg", opts.n_gen, run_tg)];
     for (name, n, f) in tests {
         if n == 0 {

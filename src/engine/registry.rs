@@ -97,7 +97,7 @@ impl Manifest {
         let mut close: Vec<(usize, &str)> = self
             .models
             .iter()
-            .map(|m| (edit_distance(&lower, &m.name), m.name.as_str()))
+            .map(|m| (name_distance(&lower, &m.name), m.name.as_str()))
             .filter(|(d, n)| *d <= 4 || n.contains(lower.as_str()) || lower.contains(*n))
             .collect();
         close.sort();
@@ -125,6 +125,13 @@ impl Manifest {
             hint: hint + " (or give a path to a .gguf file)",
         }
     }
+}
+
+/// Distance from what the user typed to a model name or to its family part before the
+/// first `-` ("smolm" is close to "smollm2-135m" through "smollm2").
+fn name_distance(typed: &str, name: &str) -> usize {
+    let family = name.split('-').next().unwrap_or(name);
+    edit_distance(typed, name).min(edit_distance(typed, family))
 }
 
 /// Levenshtein distance, for "did you mean" suggestions.
@@ -218,7 +225,7 @@ pub fn resolve_model(
                     model: entry.name.clone(),
                 });
             }
-            super::fetch::fetch(entry, &path, progress)?;
+            super::fetch::fetch(entry, &path, progress, false)?;
         }
         return Ok(ResolvedModel {
             path,
@@ -256,6 +263,8 @@ mod tests {
     fn unknown_name_suggests_close_ones() {
         let m = Manifest::builtin().unwrap();
         let e = m.unknown("smollm2").to_string();
+        assert!(e.contains("did you mean `smollm2-135m`"), "{e}");
+        let e = m.unknown("smolm").to_string();
         assert!(e.contains("did you mean `smollm2-135m`"), "{e}");
         let e = m.unknown("zzzzzzzzzzzz").to_string();
         assert!(e.contains("known models"), "{e}");

@@ -95,10 +95,11 @@ impl Tokenizer {
             end_of_generation.push(eot as u32);
         }
         for t in END_OF_TURN_TOKENS {
-            if let Some(id) = inner.token_to_id(t) {
-                if !end_of_generation.contains(&id) {
-                    end_of_generation.push(id);
-                }
+            if let Some(id) = inner
+                .token_to_id(t)
+                .filter(|id| !end_of_generation.contains(id))
+            {
+                end_of_generation.push(id);
             }
         }
         Ok(Self {
@@ -114,10 +115,8 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_special && self.add_bos {
-            if let Some(b) = self.bos {
-                ids.push(b);
-            }
+        if let Some(b) = self.bos.filter(|_| add_special && self.add_bos) {
+            ids.push(b);
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)

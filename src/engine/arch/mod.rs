@@ -92,7 +92,11 @@ impl ArchConfig {
             .opt_u64(&key("attention.key_length"))
             .map_or(n_embd / n_head.max(1), |v| v as usize);
         let n_layer = gguf.u64(&key("block_count"))? as usize;
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || head_dim % 2 != 0 {
+        if n_head == 0
+            || n_head_kv == 0
+            || !n_head.is_multiple_of(n_head_kv)
+            || !head_dim.is_multiple_of(2)
+        {
             return Err(Error::CorruptGguf {
                 path: gguf.path().to_path_buf(),
                 detail: format!(
