@@ -26,7 +26,7 @@ impl KvCache {
         capacity: usize,
         device: &Device,
     ) -> Result<Self> {
-        let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), DType::F32, device);
+        let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), DType::F16, device);
         let mut k = Vec::with_capacity(n_layer);
         let mut v = Vec::with_capacity(n_layer);
         for _ in 0..n_layer {
@@ -77,12 +77,12 @@ impl KvCache {
     /// current position and returns views of all keys and values so far.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(1)?;
-        self.k[layer].slice_set(k, 1, self.len)?;
-        self.v[layer].slice_set(v, 1, self.len)?;
+        self.k[layer].slice_set(&k.to_dtype(DType::F16)?, 1, self.len)?;
+        self.v[layer].slice_set(&v.to_dtype(DType::F16)?, 1, self.len)?;
         let n = self.len + t;
         Ok((
-            self.k[layer].narrow(1, 0, n)?,
-            self.v[layer].narrow(1, 0, n)?,
+            self.k[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
+            self.v[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
         ))
     }
 
