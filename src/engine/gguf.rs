@@ -1,13 +1,18 @@
 //! Opening and validating GGUF files.
 //!
-//! [`GgufFile`] memory-maps a model file, parses its header with candle's reader, and
-//! checks every tensor's byte range against the file size before anything is loaded, so
-//! that a truncated or corrupt download is reported as such (with the file size) instead
-//! of failing later in the middle of loading. [`ModelInfo`] is the summary that
+//! [`GgufFile`] parses a model file's header with candle's reader and checks every
+//! tensor's byte range against the file size before anything is loaded, so that a
+//! truncated or corrupt download is reported as such (with the file size) instead of
+//! failing later in the middle of loading.
+//!
+//! Tensors are read with positioned reads rather than through a memory map: candle's CPU
+//! tensors own their bytes, so a map would only add the file's pages to the process's
+//! resident set on top of the copy (peak RSS of a 64-token Qwen2.5-Coder-0.5B
+//! generation: 1037 MB mapped, 695 MB read). [`ModelInfo`] is the summary that
 //! `pathos models info` prints.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -17,11 +22,12 @@ use serde::Serialize;
 
 use super::error::{Error, Result};
 
-/// A parsed, bounds-checked GGUF file with its bytes memory-mapped.
+/// A parsed, bounds-checked GGUF file, open for reading tensors.
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
-    mmap: memmap2::Mmap,
+    file: std::fs::File,
+    len: u64,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -84,7 +90,12 @@ fn ggml_type_name(id: u32) -> String {
 
 /// Walks the tensor-info table by hand to find the first tensor whose ggml type candle
 /// cannot load; candle's own error does not name the tensor.
-fn find_unsupported_tensor(bytes: &[u8]) -> Option<(String, u32)> {
+fn find_unsupported_tensor(file: &std::fs::File) -> Option<(String, u32)> {
+    // The tensor table sits in the header; its first megabytes are enough.
+    let len = file.metadata().ok()?.len().min(64 << 20) as usize;
+    let mut bytes = vec![0u8; len];
+    read_exact_at(file, &mut bytes, 0).ok()?;
+    let bytes = &bytes[..];
     let mut cur = std::io::Cursor::new(bytes);
     let mut u32b = [0u8; 4];
     let mut u64b = [0u8; 8];
@@ -172,21 +183,25 @@ impl GgufFile {
                 magic: format!("{len} bytes in all"),
             });
         }
-        // SAFETY: the map is read-only and pathos never writes model files in place
-        // (fetches go to a temp file and are renamed), so the bytes cannot change under us.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
-        if &mmap[..4] != b"GGUF" {
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        let mut magic = [0u8; 4];
+        reader
+            .read_exact(&mut magic)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if &magic != b"GGUF" {
             return Err(Error::NotGguf {
                 path: path.to_path_buf(),
-                magic: String::from_utf8_lossy(&mmap[..4]).into_owned(),
+                magic: String::from_utf8_lossy(&magic).into_owned(),
             });
         }
-        let mut cursor = std::io::Cursor::new(&mmap[..]);
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let mut cursor = reader;
         let content = Content::read(&mut cursor).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("unknown dtype") {
-                let (tensor, id) = find_unsupported_tensor(&mmap).unwrap_or(("?".into(), 0));
+                let (tensor, id) = find_unsupported_tensor(&file).unwrap_or(("?".into(), 0));
                 Error::UnsupportedQuantization {
                     tensor,
                     dtype: ggml_type_name(id),
@@ -227,7 +242,8 @@ impl GgufFile {
         Ok(Self {
             path: path.to_path_buf(),
             content,
-            mmap,
+            file,
+            len,
         })
     }
 
@@ -256,12 +272,18 @@ impl GgufFile {
                 path: self.path.clone(),
                 detail: format!("tensor `{name}` is missing"),
             })?;
-        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let start = self.content.tensor_data_offset + info.offset;
         let size = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
-        let bytes = &self.mmap[start..start + size];
+        let mut bytes = vec![0u8; size];
+        read_exact_at(&self.file, &mut bytes, start).map_err(|e| {
+            Error::io(
+                format!("reading tensor `{name}` of {}", self.path.display()),
+                e,
+            )
+        })?;
         Ok(ggml_file::qtensor_from_ggml(
             info.ggml_dtype,
-            bytes,
+            &bytes,
             info.shape.dims().to_vec(),
             device,
         )?)
@@ -356,7 +378,7 @@ impl GgufFile {
         Ok(ModelInfo {
             path: self.path.clone(),
             name: self.opt_str("general.name").map(str::to_string),
-            file_size: self.mmap.len() as u64,
+            file_size: self.len,
             context_length: self.opt_u64(&format!("{arch}.context_length")),
             embedding_length: self.opt_u64(&format!("{arch}.embedding_length")),
             block_count: self.opt_u64(&format!("{arch}.block_count")),
@@ -370,6 +392,20 @@ impl GgufFile {
             quantization: quant,
             architecture: arch,
         })
+    }
+}
+
+/// Fills `buf` from `offset` without moving a shared file cursor.
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut f = file;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        f.read_exact(buf)
     }
 }
 

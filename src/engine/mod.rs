@@ -1,7 +1,7 @@
 //! The local inference engine: everything that knows about tensors.
 //!
 //! Principal types: [`registry::Manifest`] (which models exist and where they come from),
-//! [`gguf::GgufFile`] (a validated, memory-mapped model file), [`model::Model`] (weights
+//! [`gguf::GgufFile`] (a validated model file), [`model::Model`] (weights
 //! shared by every sequence), [`kv_cache::KvCache`] (one per sequence),
 //! [`tokenizer::Tokenizer`], [`template::ChatTemplate`], [`sampler::Sampler`] and
 //! [`generate::Generator`], which ties them into a streaming generation loop.

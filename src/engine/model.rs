@@ -63,14 +63,21 @@ impl Model {
             .unwrap_or(DEFAULT_CONTEXT)
             .min(cfg.context_length)
             .max(1);
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        // Building a large vocabulary's tokenizer and copying the weights take about as
+        // long as each other; do them at the same time.
+        let (tokenizer, transformer) = std::thread::scope(|s| {
+            let tok = s.spawn(|| Tokenizer::from_gguf(&gguf));
+            let tf = Transformer::load(&gguf, cfg, &opts.device, context);
+            let tok = tok.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (tok, tf)
+        });
+        let (tokenizer, transformer) = (tokenizer?, transformer?);
         let template = ChatTemplate::new(
             gguf.opt_str("tokenizer.chat_template"),
             &tokenizer.bos_text(),
             &tokenizer.eos_text(),
             tokenizer.token_id("<start_of_turn>").is_some(),
         )?;
-        let transformer = Transformer::load(&gguf, cfg, &opts.device, context)?;
         let load_time = start.elapsed();
         tracing::debug!(model = %resolved.path.display(), ?load_time, "model loaded");
         Ok(Self {

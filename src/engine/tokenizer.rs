@@ -314,23 +314,30 @@ fn merges_from_scores(
     scores: &[f32],
     vocab: &HashMap<String, u32>,
 ) -> Vec<(String, String)> {
-    let mut merges: Vec<(f32, u32, usize, String, String)> = Vec::new();
+    // (score, token id, split byte): strings are made only once the order is known.
+    let mut merges: Vec<(f32, u32, usize)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
         let score = scores.get(id).copied().unwrap_or(0.0);
         for (split, _) in tok.char_indices().skip(1) {
             let (l, r) = tok.split_at(split);
             if vocab.contains_key(l) && vocab.contains_key(r) {
-                merges.push((score, id as u32, split, l.to_string(), r.to_string()));
+                merges.push((score, id as u32, split));
             }
         }
     }
-    merges.sort_by(|a, b| {
+    merges.sort_unstable_by(|a, b| {
         b.0.partial_cmp(&a.0)
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(a.1.cmp(&b.1))
             .then(a.2.cmp(&b.2))
     });
-    merges.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+    merges
+        .into_iter()
+        .map(|(_, id, split)| {
+            let (l, r) = tokens[id as usize].split_at(split);
+            (l.to_string(), r.to_string())
+        })
+        .collect()
 }
 
 /// Turns generated ids into text deltas as they arrive, holding back bytes until they

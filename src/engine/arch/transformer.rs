@@ -2,6 +2,8 @@
 //! candle tensors, configured by [`ArchConfig`]. Weights are loaded once and shared
 //! (read-only) by every sequence; each call takes the sequence's own [`KvCache`].
 
+use std::sync::Arc;
+
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
@@ -44,7 +46,7 @@ struct Layer {
 /// Weights and precomputed tables of one model.
 pub struct Transformer {
     cfg: ArchConfig,
-    embed: QTensor,
+    embed: Arc<QTensor>,
     layers: Vec<Layer>,
     out_norm: Tensor,
     output: QMatMul,
@@ -97,6 +99,15 @@ impl Transformer {
                 Ok(None)
             }
         };
+        // The largest tensors first: each is read through a temporary buffer, and that
+        // transient copy costs least before the rest of the model is resident.
+        let embed = Arc::new(qt("token_embd.weight")?);
+        // Tied embeddings: the output projection shares the embedding matrix (one copy).
+        let output = if gguf.has_tensor("output.weight") {
+            mm("output.weight")?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
         let mut thetas: Vec<f32> = Vec::new();
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (i, la) in cfg.layers.iter().enumerate() {
@@ -129,13 +140,6 @@ impl Transformer {
                 sliding_window: la.sliding_window,
             });
         }
-        let embed = qt("token_embd.weight")?;
-        // Tied embeddings: the output projection reuses the embedding matrix.
-        let output = if gguf.has_tensor("output.weight") {
-            mm("output.weight")?
-        } else {
-            QMatMul::from_qtensor(qt("token_embd.weight")?)?
-        };
         let n_pos = max_positions.min(cfg.context_length).max(1);
         let rope_tables = thetas
             .iter()
