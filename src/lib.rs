@@ -5,5 +5,11 @@
 //! generates tokens; the layers above it (emotion, debate, ethics) only ever see text
 //! requests and completions. The binary in `src/main.rs` is a thin CLI over this crate.
 
+pub mod backend;
 pub mod bench;
+pub mod debate;
+pub mod emotion;
 pub mod engine;
+pub mod eval;
+pub mod prompts;
+pub mod suggest;

@@ -108,3 +108,52 @@ pub fn read_prompt(arg: Option<String>) -> anyhow::Result<String> {
         Some(p) => Ok(p.to_string()),
     }
 }
+
+/// Where several models run: device and context shared by all of them.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Context size in tokens per sequence (default: the model's, at most 4096).
+    #[arg(short = 'c', long)]
+    pub ctx_size: Option<usize>,
+}
+
+/// Loads every distinct model of `specs` once (the manifest's default when `specs` is
+/// empty) and serves them by the names given; returns the backend and those names in
+/// order.
+pub fn load_backend(
+    specs: &[String],
+    run: &RunArgs,
+    offline: bool,
+) -> anyhow::Result<(pathos::backend::local::LocalBackend, Vec<String>)> {
+    let manifest = Manifest::builtin()?;
+    let names: Vec<String> = if specs.is_empty() {
+        vec![manifest.default.clone()]
+    } else {
+        specs.iter().map(|s| s.trim().to_string()).collect()
+    };
+    let mut loaded: Vec<(String, Model)> = Vec::new();
+    for name in &names {
+        if loaded.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let args = ModelArgs {
+            model: Some(name.clone()),
+            device: run.device.clone(),
+            ctx_size: run.ctx_size,
+        };
+        loaded.push((name.clone(), load_model(&args, offline)?));
+    }
+    Ok((pathos::backend::local::LocalBackend::new(loaded), names))
+}
+
+/// Reads the text argument (or stdin) and refuses an empty one.
+pub fn read_text(arg: Option<String>) -> anyhow::Result<String> {
+    let text = read_prompt(arg)?;
+    if text.trim().is_empty() {
+        anyhow::bail!("the text is empty: give it as an argument or on stdin");
+    }
+    Ok(text)
+}

@@ -3,8 +3,12 @@
 mod bench;
 mod chat;
 mod common;
+mod detect;
+mod emotions;
+mod eval;
 mod generate;
 mod models;
+mod rewrite;
 
 use std::process::ExitCode;
 
@@ -48,6 +52,15 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Measure prompt processing and generation speed (llama-bench columns).
     Bench(bench::BenchArgs),
+    /// Print the BEAM emotion table (7 spectra × 7 levels).
+    Emotions(emotions::EmotionsArgs),
+    /// Read where a text sits on each emotion spectrum.
+    Detect(detect::DetectArgs),
+    /// Rewrite a text toward an emotion by multi-agent debate.
+    Rewrite(Box<rewrite::RewriteArgs>),
+    /// Measure rewrite methods over a corpus.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Runs the chosen subcommand.
@@ -59,6 +72,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(a) => generate::run(a, offline),
         Command::Chat(a) => chat::run(a, offline),
         Command::Bench(a) => bench::run(a, offline, threads),
+        Command::Emotions(a) => emotions::run(a),
+        Command::Detect(a) => detect::run(a, offline),
+        Command::Rewrite(a) => rewrite::run(*a, offline),
+        Command::Eval(c) => eval::run(c, offline),
     }
 }
 
@@ -93,6 +110,14 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// Exit status for an error: 2 for bad usage or input values, 1 otherwise.
 pub fn error_exit_code(e: &anyhow::Error) -> u8 {
     use pathos::engine::Error;
+    if e.downcast_ref::<pathos::emotion::EmotionError>().is_some()
+        || matches!(
+            e.downcast_ref::<pathos::debate::DebateError>(),
+            Some(pathos::debate::DebateError::Config(_) | pathos::debate::DebateError::Emotion(_))
+        )
+    {
+        return 2;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::InvalidSampling(_)) => 2,
         _ => 1,

@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod registry;
 pub mod sampler;
+pub mod score;
 pub mod stop;
 pub mod template;
 pub mod tokenizer;

@@ -15,7 +15,7 @@ use super::error::Result;
 use super::gguf::{GgufFile, ModelInfo};
 use super::kv_cache::KvCache;
 use super::registry::ResolvedModel;
-use super::template::ChatTemplate;
+use super::template::{ChatTemplate, Message};
 use super::tokenizer::Tokenizer;
 
 /// Context size used when the user gives none: the model's own, capped so the
@@ -89,6 +89,22 @@ impl Model {
             context,
             load_time,
         })
+    }
+
+    /// Tokens of a text that is already a whole prompt. A templated prompt carries BOS
+    /// when its template prints it; otherwise the tokenizer adds its special tokens.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let bos = self.tokenizer.bos_text();
+        let add_special = bos.is_empty() || !text.starts_with(&bos);
+        self.tokenizer.encode(text, add_special)
+    }
+
+    /// Tokens of a chat: the messages through the model's template, the assistant turn
+    /// opened, and `prefix` written at its start (to steer or constrain the answer).
+    pub fn encode_chat(&self, messages: &[Message], prefix: &str) -> Result<Vec<u32>> {
+        let mut text = self.template.render(messages, true)?;
+        text.push_str(prefix);
+        self.encode_prompt(&text)
     }
 
     /// A fresh sequence with its own KV cache.

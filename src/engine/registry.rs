@@ -131,22 +131,7 @@ impl Manifest {
 /// first `-` ("smolm" is close to "smollm2-135m" through "smollm2").
 fn name_distance(typed: &str, name: &str) -> usize {
     let family = name.split('-').next().unwrap_or(name);
-    edit_distance(typed, name).min(edit_distance(typed, family))
-}
-
-/// Levenshtein distance, for "did you mean" suggestions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    crate::suggest::edit_distance(typed, name).min(crate::suggest::edit_distance(typed, family))
 }
 
 /// Where pathos keeps its files: `$PATHOS_HOME`, else `~/.cache/pathos`.

@@ -1,0 +1,253 @@
+//! `pathos rewrite`: the debate rewrite. The final text alone goes to stdout, the
+//! summary and progress to stderr, so the command pipes cleanly.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use pathos::debate::config::{DebateConfig, WriterSpec};
+use pathos::debate::protocol::{Event, Observer, rewrite};
+use pathos::debate::transcript::Transcript;
+use pathos::emotion::beam::{Beam, format_level};
+
+use super::common::{RunArgs, load_backend, read_text};
+
+/// The text `--example` rewrites: plain, neutral, with facts a rewrite must keep.
+pub const EXAMPLE_TEXT: &str = "The meeting has been moved to Thursday at ten. Please bring the quarterly figures and your notes from last week.";
+
+#[derive(Debug, Args)]
+pub struct RewriteArgs {
+    /// Target emotion: a BEAM word (serenity), or spectrum:level (sadness-joy:+0.6).
+    #[arg(long = "to")]
+    pub to: String,
+    /// Aim at the opposite of --to across neutral (joy → sadness).
+    #[arg(long)]
+    pub antonym: bool,
+    /// Take the nearest grid level when --to gives an off-grid level.
+    #[arg(long)]
+    pub snap: bool,
+    /// The text; `-` or nothing reads stdin.
+    pub text: Option<String>,
+    /// Rewrite a short built-in example text instead.
+    #[arg(long, conflicts_with = "text")]
+    pub example: bool,
+    #[command(flatten)]
+    pub debate: DebateArgs,
+    /// Write the whole debate as JSON to this file.
+    #[arg(long)]
+    pub transcript: Option<PathBuf>,
+}
+
+/// Who debates and how: shared by `rewrite` and `eval rewrite`.
+#[derive(Debug, Args)]
+pub struct DebateArgs {
+    /// Writer models, comma-separated, assigned in turn (default: the manifest default).
+    #[arg(short = 'm', long, value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// Number of writers (each also critiques the others).
+    #[arg(long, default_value_t = 2)]
+    pub writers: usize,
+    /// Judge model (default: the first writer's model; it never shares a seed or history
+    /// with a writer).
+    #[arg(long)]
+    pub judge_model: Option<String>,
+    /// Writer temperatures, comma-separated, assigned in turn.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.8f32, 1.0])]
+    pub temperatures: Vec<f32>,
+    /// Draws per writer per round.
+    #[arg(long, default_value_t = 2)]
+    pub candidates: usize,
+    #[arg(long, default_value_t = 4)]
+    pub max_rounds: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Do not show writers a worked example of the target pole.
+    #[arg(long)]
+    pub no_few_shot: bool,
+    /// Do not give writers words to use and avoid.
+    #[arg(long)]
+    pub no_word_guidance: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// A progress bar fed by debate events.
+struct Progress(indicatif::ProgressBar);
+
+impl Observer for Progress {
+    fn event(&self, e: Event) {
+        match e {
+            Event::Detecting(what) => self
+                .0
+                .set_message(format!("reading the emotions of the {what}")),
+            Event::Round {
+                index,
+                of,
+                contentiousness,
+            } => {
+                self.0.set_length(of as u64);
+                self.0.set_position(index as u64 - 1);
+                self.0.set_prefix(format!(
+                    "round {index}/{of} · contentiousness {contentiousness:.2}"
+                ));
+            }
+            Event::Step(s) => self.0.set_message(s),
+            Event::Synthesis => {
+                self.0.set_position(self.0.length().unwrap_or(0));
+                self.0.set_prefix("synthesis · contentiousness 0.30");
+            }
+            Event::Done(_) => self.0.finish_and_clear(),
+        }
+    }
+}
+
+/// Builds the debate's settings from the arguments and the loaded model names.
+pub fn config(args: &DebateArgs, names: &[String], judge: &str) -> DebateConfig {
+    let mut cfg = DebateConfig::new(&names[0]);
+    let temps = if args.temperatures.is_empty() {
+        vec![0.8]
+    } else {
+        args.temperatures.clone()
+    };
+    cfg.writers = (0..args.writers)
+        .map(|i| WriterSpec {
+            model: names[i % names.len()].clone(),
+            temperature: temps[i % temps.len()],
+        })
+        .collect();
+    cfg.judge_model = judge.to_string();
+    cfg.candidates = args.candidates;
+    cfg.max_rounds = args.max_rounds;
+    cfg.seed = args.seed;
+    cfg.few_shot = !args.no_few_shot;
+    cfg.word_guidance = !args.no_word_guidance;
+    cfg
+}
+
+pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
+    let beam = Beam::builtin();
+    let target = beam.parse_target(&args.to, args.antonym, args.snap)?;
+    let d = &args.debate;
+    if d.writers == 0 {
+        anyhow::bail!("--writers must be at least 1");
+    }
+    let text = if args.example {
+        EXAMPLE_TEXT.to_string()
+    } else {
+        read_text(args.text.clone())?
+    };
+    // Open the transcript file's temporary sibling now, so a bad path fails before the
+    // debate rather than after it.
+    let transcript_tmp = match &args.transcript {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".pathos-transcript.")
+                    .tempfile_in(dir)
+                    .with_context(|| {
+                        format!("cannot write the transcript to {}", path.display())
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let mut specs = d.model.clone();
+    if let Some(j) = &d.judge_model {
+        specs.push(j.clone());
+    }
+    let (backend, names) = load_backend(&specs, &d.run, offline)?;
+    let writer_names = &names[..d.model.len().max(1)];
+    let judge = d
+        .judge_model
+        .clone()
+        .unwrap_or_else(|| writer_names[0].clone());
+    let cfg = config(d, writer_names, &judge);
+    let bar = indicatif::ProgressBar::new(cfg.max_rounds as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:20}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let progress = Progress(bar);
+    let t = rewrite(&backend, beam, &cfg, &text, target, &progress);
+    progress.0.finish_and_clear();
+    let t = t?;
+    if let (Some(tmp), Some(path)) = (transcript_tmp, &args.transcript) {
+        write_transcript(tmp, path, &t)?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if d.json {
+        let v = serde_json::json!({
+            "text": t.final_text,
+            "accepted": t.accepted,
+            "target": t.target,
+            "before": t.detect_before.get(target.spectrum),
+            "after": t.detect_after.get(target.spectrum),
+            "rounds": t.rounds.len(),
+            "stop_reason": t.stop_reason,
+            "chosen": t.synthesis.chosen,
+            "features": t.features,
+            "totals": t.totals,
+            "transcript": args.transcript,
+        });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        // A closed pipe is not an error worth reporting.
+        let _ = writeln!(out, "{}", t.final_text);
+        summary(&t, target.spectrum);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_transcript(
+    tmp: tempfile::NamedTempFile,
+    path: &std::path::Path,
+    t: &Transcript,
+) -> anyhow::Result<()> {
+    let mut tmp = tmp;
+    serde_json::to_writer_pretty(tmp.as_file_mut(), t)?;
+    tmp.as_file_mut().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("writing the transcript to {}", path.display()))?;
+    Ok(())
+}
+
+fn summary(t: &Transcript, spectrum: usize) {
+    let (b, a) = (t.detect_before.get(spectrum), t.detect_after.get(spectrum));
+    let reading = |r: Option<&pathos::emotion::detect::SpectrumReading>| {
+        r.map_or("?".into(), |r| {
+            format!("{} {} ({:+.2})", format_level(r.level), r.word, r.expected)
+        })
+    };
+    eprintln!(
+        "target {} ({} {}) · detected {} → {} · {} round(s), stopped: {} · final text from {}{}",
+        t.target.word,
+        t.target.spectrum,
+        format_level(t.target.level),
+        reading(b),
+        reading(a),
+        t.rounds.len(),
+        t.stop_reason,
+        t.synthesis.chosen.replace('_', " "),
+        if t.accepted {
+            ""
+        } else {
+            " (no draw changed the text while keeping it; this is the least bad)"
+        },
+    );
+    if !t.features.is_empty() {
+        for f in &t.features {
+            eprintln!("  {}: {}", f.name, f.text);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! What the debate is measured against: a single-pass rewrite, and self-refine (one
+//! writer critiques and revises its own draft until it has spent the same number of
+//! tokens as the debate). Both use the debate's first writer, prompts and seeds.
+
+use serde::{Deserialize, Serialize};
+
+use super::DebateError;
+use super::config::{DebateConfig, derive_seed};
+use super::schedule::tone;
+use super::select::clean;
+use super::transcript::{Role, Turn};
+use crate::backend::{Backend, ChatRequest, Prompt};
+use crate::emotion::beam::{Beam, Target, format_level};
+use crate::emotion::examples::Examples;
+use crate::engine::sampler::SamplingParams;
+
+/// The outcome of a baseline rewrite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRun {
+    pub method: String,
+    pub text: String,
+    pub turns: Vec<Turn>,
+    pub generated_tokens: usize,
+    pub ms: f64,
+}
+
+fn values(beam: &Beam, cfg: &DebateConfig, source: &str, target: Target) -> minijinja::Value {
+    let s = &beam.spectra[target.spectrum];
+    let level = beam.level(target);
+    let g = Examples::builtin().guidance(beam, target);
+    let pole = if level > 0.0 {
+        &s.positive
+    } else if level < 0.0 {
+        &s.negative
+    } else {
+        "neither pole"
+    };
+    minijinja::context! {
+        word => beam.word(target), intensity => &beam.intensity[target.level], pole => pole,
+        spectrum => format!("{}↔{}", s.negative, s.positive), level => format_level(level),
+        source => source, text => source,
+        use_words => if cfg.word_guidance { g.use_words.clone() } else { Vec::new() },
+        avoid_words => if cfg.word_guidance { g.avoid_words.clone() } else { Vec::new() },
+        example => if cfg.few_shot { g.example.clone() } else { None },
+    }
+}
+
+struct Runner<'a> {
+    backend: &'a dyn Backend,
+    cfg: &'a DebateConfig,
+    turns: Vec<Turn>,
+    generated: usize,
+}
+
+impl Runner<'_> {
+    fn ask(
+        &mut self,
+        role: Role,
+        user: String,
+        seed: u64,
+        temperature: f32,
+        max_tokens: usize,
+        stop: Vec<String>,
+    ) -> Result<String, DebateError> {
+        let w = &self.cfg.writers[0];
+        let req = ChatRequest {
+            model: w.model.clone(),
+            prompt: Prompt::user(None, user),
+            sampling: SamplingParams {
+                temperature,
+                seed,
+                ..SamplingParams::default()
+            },
+            max_tokens,
+            stop,
+        };
+        let c = self.backend.chat(std::slice::from_ref(&req))?.remove(0);
+        self.generated += c.generated_tokens;
+        self.turns.push(Turn::new(
+            role,
+            "writer-0".into(),
+            &w.model,
+            &req.sampling,
+            max_tokens,
+            0.0,
+            &req.prompt,
+            &c,
+        ));
+        Ok(c.text)
+    }
+}
+
+fn budget(source: &str) -> usize {
+    (source.split_whitespace().count() * 3 + 32).min(512)
+}
+
+fn stops() -> Vec<String> {
+    [
+        "\nText:",
+        "\nRewrite:",
+        "\nOriginal:",
+        "\nExample",
+        "\nCritic:",
+        "\nNote:",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One draw from the first writer with the debate's first prompt and seed.
+pub fn single_pass(
+    backend: &dyn Backend,
+    beam: &Beam,
+    cfg: &DebateConfig,
+    source: &str,
+    target: Target,
+) -> Result<BaselineRun, DebateError> {
+    let start = std::time::Instant::now();
+    let mut r = Runner {
+        backend,
+        cfg,
+        turns: Vec::new(),
+        generated: 0,
+    };
+    let user = crate::prompts::render("write", values(beam, cfg, source, target));
+    let t = cfg.writers[0].temperature;
+    let out = r.ask(
+        Role::Writer,
+        user,
+        derive_seed(cfg.seed, "write", 1, 0, 0),
+        t,
+        budget(source),
+        stops(),
+    )?;
+    Ok(BaselineRun {
+        method: "single".into(),
+        text: clean(&out),
+        turns: r.turns,
+        generated_tokens: r.generated,
+        ms: start.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// Draft, then critique-and-revise by the same writer until `token_budget` tokens are
+/// spent (at least one revision, at most `2 × max_rounds`).
+pub fn self_refine(
+    backend: &dyn Backend,
+    beam: &Beam,
+    cfg: &DebateConfig,
+    source: &str,
+    target: Target,
+    token_budget: usize,
+) -> Result<BaselineRun, DebateError> {
+    let start = std::time::Instant::now();
+    let mut r = Runner {
+        backend,
+        cfg,
+        turns: Vec::new(),
+        generated: 0,
+    };
+    let v = values(beam, cfg, source, target);
+    let t = cfg.writers[0].temperature;
+    let first = crate::prompts::render("write", v.clone());
+    let mut draft = clean(&r.ask(
+        Role::Writer,
+        first,
+        derive_seed(cfg.seed, "write", 1, 0, 0),
+        t,
+        budget(source),
+        stops(),
+    )?);
+    for round in 1..=cfg.max_rounds * 2 {
+        if round > 1 && r.generated >= token_budget {
+            break;
+        }
+        let delta = cfg.schedule.at(round);
+        let tn = tone(delta);
+        let critique_prompt = crate::prompts::render(
+            "critique",
+            minijinja::context! { ..v.clone(), ..minijinja::context! {
+            draft => draft.clone(), delta => delta, tone => &tn.tone, emphasis => &tn.emphasis,
+            language => &tn.language } },
+        );
+        let critique = r.ask(
+            Role::Critic,
+            critique_prompt,
+            derive_seed(cfg.seed, "critique", round, 0, 0),
+            0.7,
+            cfg.critique_tokens,
+            vec!["Verdict".into()],
+        )?;
+        let revise_prompt = crate::prompts::render(
+            "revise",
+            minijinja::context! { ..v.clone(), ..minijinja::context! {
+            draft => draft.clone(), critiques => vec![critique.trim().to_string()] } },
+        );
+        let revised = clean(&r.ask(
+            Role::Writer,
+            revise_prompt,
+            derive_seed(cfg.seed, "write", round + 1, 0, 0),
+            t,
+            budget(source),
+            stops(),
+        )?);
+        if !revised.is_empty() {
+            draft = revised;
+        }
+    }
+    Ok(BaselineRun {
+        method: "self_refine".into(),
+        text: draft,
+        turns: r.turns,
+        generated_tokens: r.generated,
+        ms: start.elapsed().as_secs_f64() * 1000.0,
+    })
+}
