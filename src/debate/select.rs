@@ -103,7 +103,7 @@ mod tests {
             word: String::new(),
             expected,
         };
-        assert!((closeness(beam, joy, &reading(0.6)) - 1.0).abs() < 1e-9);
+        assert!((closeness(beam, joy, &reading(0.6)) - 1.0).abs() < 1e-6);
         assert!((closeness(beam, joy, &reading(-1.0)) - 0.2).abs() < 1e-6);
         assert!(fitness(1.0, 1.0) > fitness(1.0, 0.5));
     }
