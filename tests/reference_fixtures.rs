@@ -121,6 +121,7 @@ fn greedy_tokens_match_llama_cpp() {
                 sampling: SamplingParams::greedy(),
                 max_tokens: want.len(),
                 stop: vec![],
+                constraint: None,
             };
             let g = generate(&m, &mut session, &req, &mut |_: &str| true).unwrap();
             match g.tokens.iter().zip(&want).position(|(a, b)| a != b) {

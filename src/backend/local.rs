@@ -117,6 +117,7 @@ impl Backend for LocalBackend {
                     sampling: req.sampling.clone(),
                     max_tokens: req.max_tokens,
                     stop: req.stop.clone(),
+                    constraint: req.constraint.clone(),
                 };
                 generate(model, session, &greq, &mut |_: &str| true)
             })?;

@@ -13,6 +13,7 @@ pub mod scripted;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Result;
+use crate::engine::constrain::Constraint;
 use crate::engine::generate::FinishReason;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::Message;
@@ -57,6 +58,9 @@ pub struct ChatRequest {
     pub max_tokens: usize,
     #[serde(default)]
     pub stop: Vec<String>,
+    /// The shape a machine-read answer must have; `None` for free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<Constraint>,
 }
 
 /// A finished generation with its counts and timings.

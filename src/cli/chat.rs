@@ -72,6 +72,7 @@ pub fn run(args: ChatArgs, offline: bool) -> anyhow::Result<ExitCode> {
             sampling: sampling.clone(),
             max_tokens: args.sampling.max_tokens,
             stop: args.sampling.stop.clone(),
+            constraint: None,
         };
         let mut sink = |s: &str| {
             out.write_all(s.as_bytes())

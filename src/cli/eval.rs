@@ -47,7 +47,7 @@ pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
     let targets = if args.targets.is_empty() {
         (0..beam.spectra.len())
             .flat_map(|s| {
-                [-0.6f32, 0.6].map(|l| pathos::emotion::beam::Target {
+                [-0.6f64, 0.6].map(|l| pathos::emotion::beam::Target {
                     spectrum: s,
                     level: beam.nearest_level(l),
                 })

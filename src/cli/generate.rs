@@ -1,9 +1,12 @@
 //! `pathos generate`: one prompt, the reply streamed to stdout.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+use pathos::engine::constrain::Constraint;
 use pathos::engine::generate::{FinishReason, GenerateRequest, generate};
 use pathos::engine::template::Message;
 use serde_json::json;
@@ -27,10 +30,41 @@ pub struct GenerateArgs {
     /// Print one JSON object with the text, finish reason, counts and timings.
     #[arg(long)]
     pub json: bool,
+    /// Make the reply a JSON value valid under the JSON schema in FILE.
+    #[arg(long, value_name = "FILE", group = "shape")]
+    pub json_schema: Option<PathBuf>,
+    /// Make the reply exactly one of these comma-separated choices.
+    #[arg(long, value_delimiter = ',', group = "shape")]
+    pub choice: Vec<String>,
+    /// Make the reply follow the lark grammar in FILE.
+    #[arg(long, value_name = "FILE", group = "shape")]
+    pub grammar: Option<PathBuf>,
+}
+
+impl GenerateArgs {
+    /// The shape the reply must have, read from the flags.
+    fn constraint(&self) -> anyhow::Result<Option<Constraint>> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        if let Some(p) = &self.json_schema {
+            let schema: serde_json::Value = serde_json::from_str(&read(p)?)
+                .with_context(|| format!("{} is not valid JSON", p.display()))?;
+            return Ok(Some(Constraint::JsonSchema(schema)));
+        }
+        if let Some(p) = &self.grammar {
+            return Ok(Some(Constraint::Lark(read(p)?)));
+        }
+        if !self.choice.is_empty() {
+            return Ok(Some(Constraint::Choice(self.choice.clone())));
+        }
+        Ok(None)
+    }
 }
 
 pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let sampling = args.sampling.params()?;
+    let constraint = args.constraint()?;
     let prompt = read_prompt(args.prompt)?;
     let model = load_model(&args.model, offline)?;
     let text = if args.raw {
@@ -53,6 +87,7 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
         sampling,
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),
+        constraint,
     };
     let mut session = model.new_session()?;
     let stdout = std::io::stdout();

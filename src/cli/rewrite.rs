@@ -10,7 +10,8 @@ use clap::Args;
 use pathos::debate::config::{DebateConfig, WriterSpec};
 use pathos::debate::protocol::{Event, Observer, rewrite};
 use pathos::debate::transcript::Transcript;
-use pathos::emotion::beam::{Beam, format_level};
+use pathos::emotion::beam::{Beam, Target, format_level};
+use pathos::eval::metrics::spearman;
 
 use super::common::{RunArgs, load_backend, read_text};
 
@@ -20,8 +21,12 @@ pub const EXAMPLE_TEXT: &str = "The meeting has been moved to Thursday at ten. P
 #[derive(Debug, Args)]
 pub struct RewriteArgs {
     /// Target emotion: a BEAM word (serenity), or spectrum:level (sadness-joy:+0.6).
-    #[arg(long = "to")]
-    pub to: String,
+    #[arg(long = "to", required_unless_present = "sweep")]
+    pub to: Option<String>,
+    /// Rewrite the text at all seven levels of this spectrum (sadness-joy, or a pole
+    /// such as joy) and print a table.
+    #[arg(long, value_name = "SPECTRUM", conflicts_with_all = ["to", "antonym", "snap"])]
+    pub sweep: Option<String>,
     /// Aim at the opposite of --to across neutral (joy → sadness).
     #[arg(long)]
     pub antonym: bool,
@@ -35,7 +40,7 @@ pub struct RewriteArgs {
     pub example: bool,
     #[command(flatten)]
     pub debate: DebateArgs,
-    /// Write the whole debate as JSON to this file.
+    /// Write the whole debate as JSON to this file (a sweep writes every level's debate).
     #[arg(long)]
     pub transcript: Option<PathBuf>,
 }
@@ -69,6 +74,9 @@ pub struct DebateArgs {
     /// Do not give writers words to use and avoid.
     #[arg(long)]
     pub no_word_guidance: bool,
+    /// Do not start writers' answers with an opener in the target's voice.
+    #[arg(long)]
+    pub no_openers: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -76,32 +84,40 @@ pub struct DebateArgs {
     pub run: RunArgs,
 }
 
-/// A progress bar fed by debate events.
-struct Progress(indicatif::ProgressBar);
+/// A progress bar fed by debate events; `label` names the sweep level, if any.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    label: Option<String>,
+}
 
 impl Observer for Progress {
     fn event(&self, e: Event) {
+        let bar = &self.bar;
+        let prefix = |s: String| match &self.label {
+            Some(l) => format!("{l} · {s}"),
+            None => s,
+        };
         match e {
-            Event::Detecting(what) => self
-                .0
-                .set_message(format!("reading the emotions of the {what}")),
+            Event::Detecting(what) => {
+                bar.set_message(format!("reading the emotions of the {what}"))
+            }
             Event::Round {
                 index,
                 of,
                 contentiousness,
             } => {
-                self.0.set_length(of as u64);
-                self.0.set_position(index as u64 - 1);
-                self.0.set_prefix(format!(
+                bar.set_length(of as u64);
+                bar.set_position(index as u64 - 1);
+                bar.set_prefix(prefix(format!(
                     "round {index}/{of} · contentiousness {contentiousness:.2}"
-                ));
+                )));
             }
-            Event::Step(s) => self.0.set_message(s),
+            Event::Step(s) => bar.set_message(s),
             Event::Synthesis => {
-                self.0.set_position(self.0.length().unwrap_or(0));
-                self.0.set_prefix("synthesis · contentiousness 0.30");
+                bar.set_position(bar.length().unwrap_or(0));
+                bar.set_prefix(prefix("synthesis · contentiousness 0.30".into()));
             }
-            Event::Done(_) => self.0.finish_and_clear(),
+            Event::Done(_) => bar.finish_and_clear(),
         }
     }
 }
@@ -126,12 +142,22 @@ pub fn config(args: &DebateArgs, names: &[String], judge: &str) -> DebateConfig 
     cfg.seed = args.seed;
     cfg.few_shot = !args.no_few_shot;
     cfg.word_guidance = !args.no_word_guidance;
+    cfg.openers = !args.no_openers;
     cfg
 }
 
 pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let beam = Beam::builtin();
-    let target = beam.parse_target(&args.to, args.antonym, args.snap)?;
+    let targets: Vec<Target> = match (&args.sweep, &args.to) {
+        (Some(spectrum), _) => {
+            let spectrum = beam.find_spectrum(spectrum)?;
+            (0..beam.levels.len())
+                .map(|level| Target { spectrum, level })
+                .collect()
+        }
+        (None, Some(to)) => vec![beam.parse_target(to, args.antonym, args.snap)?],
+        (None, None) => anyhow::bail!("give a target with --to, or a spectrum with --sweep"),
+    };
     let d = &args.debate;
     if d.writers == 0 {
         anyhow::bail!("--writers must be at least 1");
@@ -171,21 +197,41 @@ pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| writer_names[0].clone());
     let cfg = config(d, writer_names, &judge);
-    let bar = indicatif::ProgressBar::new(cfg.max_rounds as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:20}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let progress = Progress(bar);
-    let t = rewrite(&backend, beam, &cfg, &text, target, &progress);
-    progress.0.finish_and_clear();
-    let t = t?;
+    let mut transcripts = Vec::with_capacity(targets.len());
+    for (i, &target) in targets.iter().enumerate() {
+        let bar = indicatif::ProgressBar::new(cfg.max_rounds as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:20}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let label = (targets.len() > 1).then(|| {
+            format!(
+                "level {}/{} ({} {})",
+                i + 1,
+                targets.len(),
+                beam.word(target),
+                format_level(beam.level(target))
+            )
+        });
+        let progress = Progress { bar, label };
+        let t = rewrite(&backend, beam, &cfg, &text, target, &progress);
+        progress.bar.finish_and_clear();
+        transcripts.push(t?);
+    }
     if let (Some(tmp), Some(path)) = (transcript_tmp, &args.transcript) {
-        write_transcript(tmp, path, &t)?;
+        match transcripts.as_slice() {
+            [t] => write_transcript(tmp, path, t)?,
+            all => write_transcript(tmp, path, &all)?,
+        }
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if args.sweep.is_some() {
+        sweep_report(&mut out, beam, &transcripts, d.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (t, target) = (&transcripts[0], targets[0]);
     if d.json {
         let v = serde_json::json!({
             "text": t.final_text,
@@ -204,15 +250,78 @@ pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
     } else {
         // A closed pipe is not an error worth reporting.
         let _ = writeln!(out, "{}", t.final_text);
-        summary(&t, target.spectrum);
+        summary(t, target.spectrum);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_transcript(
+/// The sweep's table (level, target word, detected level, first line of the rewrite)
+/// and the rank correlation of target and detected levels; or all of it as JSON.
+fn sweep_report(
+    out: &mut impl Write,
+    beam: &Beam,
+    transcripts: &[Transcript],
+    json: bool,
+) -> anyhow::Result<()> {
+    let spectrum = transcripts[0].target.spectrum.clone();
+    let idx = beam.find_spectrum(&spectrum)?;
+    let detected = |t: &Transcript| t.detect_after.get(idx).map(|r| (r.level, r.expected));
+    let targets: Vec<f64> = transcripts.iter().map(|t| t.target.level).collect();
+    let expected: Vec<f64> = transcripts
+        .iter()
+        .map(|t| detected(t).map_or(0.0, |d| d.1))
+        .collect();
+    let rho = spearman(&targets, &expected);
+    if json {
+        let levels: Vec<_> = transcripts
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "target": t.target,
+                    "before": t.detect_before.get(idx),
+                    "after": t.detect_after.get(idx),
+                    "text": t.final_text,
+                    "accepted": t.accepted,
+                    "rounds": t.rounds.len(),
+                    "stop_reason": t.stop_reason,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({ "spectrum": spectrum, "spearman": rho, "levels": levels });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<14} {:>17}  rewrite (first line)",
+        "level", "target", "detected"
+    );
+    for t in transcripts {
+        let shown = detected(t).map_or("?".to_string(), |(level, e)| {
+            format!("{} ({:+.2})", format_level(level), e)
+        });
+        let first = t.final_text.lines().next().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<14} {:>17}  {}",
+            format_level(t.target.level),
+            t.target.word,
+            shown,
+            first
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Spearman (target level, detected expectation): {}",
+        rho.map_or("undefined".into(), |r| format!("{r:+.2}"))
+    );
+    Ok(())
+}
+
+fn write_transcript<T: serde::Serialize + ?Sized>(
     tmp: tempfile::NamedTempFile,
     path: &std::path::Path,
-    t: &Transcript,
+    t: &T,
 ) -> anyhow::Result<()> {
     let mut tmp = tmp;
     serde_json::to_writer_pretty(tmp.as_file_mut(), t)?;

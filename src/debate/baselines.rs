@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use super::DebateError;
 use super::config::{DebateConfig, derive_seed};
+use super::protocol::{draft_budget, opener, writer_stops, writer_values};
 use super::schedule::tone;
 use super::select::clean;
 use super::transcript::{Role, Turn};
 use crate::backend::{Backend, ChatRequest, Prompt};
-use crate::emotion::beam::{Beam, Target, format_level};
-use crate::emotion::examples::Examples;
+use crate::emotion::beam::{Beam, Target};
+use crate::emotion::examples::{Examples, Guidance};
 use crate::engine::sampler::SamplingParams;
 
 /// The outcome of a baseline rewrite.
@@ -22,27 +23,6 @@ pub struct BaselineRun {
     pub turns: Vec<Turn>,
     pub generated_tokens: usize,
     pub ms: f64,
-}
-
-fn values(beam: &Beam, cfg: &DebateConfig, source: &str, target: Target) -> minijinja::Value {
-    let s = &beam.spectra[target.spectrum];
-    let level = beam.level(target);
-    let g = Examples::builtin().guidance(beam, target);
-    let pole = if level > 0.0 {
-        &s.positive
-    } else if level < 0.0 {
-        &s.negative
-    } else {
-        "neither pole"
-    };
-    minijinja::context! {
-        word => beam.word(target), intensity => &beam.intensity[target.level], pole => pole,
-        spectrum => format!("{}↔{}", s.negative, s.positive), level => format_level(level),
-        source => source, text => source,
-        use_words => if cfg.word_guidance { g.use_words.clone() } else { Vec::new() },
-        avoid_words => if cfg.word_guidance { g.avoid_words.clone() } else { Vec::new() },
-        example => if cfg.few_shot { g.example.clone() } else { None },
-    }
 }
 
 struct Runner<'a> {
@@ -56,7 +36,7 @@ impl Runner<'_> {
     fn ask(
         &mut self,
         role: Role,
-        user: String,
+        prompt: Prompt,
         seed: u64,
         temperature: f32,
         max_tokens: usize,
@@ -65,7 +45,7 @@ impl Runner<'_> {
         let w = &self.cfg.writers[0];
         let req = ChatRequest {
             model: w.model.clone(),
-            prompt: Prompt::user(None, user),
+            prompt,
             sampling: SamplingParams {
                 temperature,
                 seed,
@@ -73,6 +53,7 @@ impl Runner<'_> {
             },
             max_tokens,
             stop,
+            constraint: None,
         };
         let c = self.backend.chat(std::slice::from_ref(&req))?.remove(0);
         self.generated += c.generated_tokens;
@@ -86,26 +67,14 @@ impl Runner<'_> {
             &req.prompt,
             &c,
         ));
-        Ok(c.text)
+        Ok(format!("{}{}", req.prompt.prefix, c.text))
     }
 }
 
-fn budget(source: &str) -> usize {
-    (source.split_whitespace().count() * 3 + 32).min(512)
-}
-
-fn stops() -> Vec<String> {
-    [
-        "\nText:",
-        "\nRewrite:",
-        "\nOriginal:",
-        "\nExample",
-        "\nCritic:",
-        "\nNote:",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// The first writer's prompt for its first draw, as the debate gives it.
+fn first_prompt(cfg: &DebateConfig, guidance: &Guidance, values: minijinja::Value) -> Prompt {
+    let user = crate::prompts::render("write", values);
+    Prompt::user(None, user).with_prefix(opener(cfg, guidance, 1))
 }
 
 /// One draw from the first writer with the debate's first prompt and seed.
@@ -123,19 +92,20 @@ pub fn single_pass(
         turns: Vec::new(),
         generated: 0,
     };
-    let user = crate::prompts::render("write", values(beam, cfg, source, target));
+    let guidance = Examples::builtin().guidance(beam, target);
+    let values = writer_values(beam, cfg, &guidance, source, target);
     let t = cfg.writers[0].temperature;
     let out = r.ask(
         Role::Writer,
-        user,
+        first_prompt(cfg, &guidance, values),
         derive_seed(cfg.seed, "write", 1, 0, 0),
         t,
-        budget(source),
-        stops(),
+        draft_budget(source.split_whitespace().count()),
+        writer_stops(),
     )?;
     Ok(BaselineRun {
         method: "single".into(),
-        text: clean(&out),
+        text: clean(&out, source),
         turns: r.turns,
         generated_tokens: r.generated,
         ms: start.elapsed().as_secs_f64() * 1000.0,
@@ -159,17 +129,20 @@ pub fn self_refine(
         turns: Vec::new(),
         generated: 0,
     };
-    let v = values(beam, cfg, source, target);
+    let guidance = Examples::builtin().guidance(beam, target);
+    let v = writer_values(beam, cfg, &guidance, source, target);
     let t = cfg.writers[0].temperature;
-    let first = crate::prompts::render("write", v.clone());
-    let mut draft = clean(&r.ask(
-        Role::Writer,
-        first,
-        derive_seed(cfg.seed, "write", 1, 0, 0),
-        t,
-        budget(source),
-        stops(),
-    )?);
+    let mut draft = clean(
+        &r.ask(
+            Role::Writer,
+            first_prompt(cfg, &guidance, v.clone()),
+            derive_seed(cfg.seed, "write", 1, 0, 0),
+            t,
+            draft_budget(source.split_whitespace().count()),
+            writer_stops(),
+        )?,
+        source,
+    );
     for round in 1..=cfg.max_rounds * 2 {
         if round > 1 && r.generated >= token_budget {
             break;
@@ -184,7 +157,7 @@ pub fn self_refine(
         );
         let critique = r.ask(
             Role::Critic,
-            critique_prompt,
+            Prompt::user(None, critique_prompt),
             derive_seed(cfg.seed, "critique", round, 0, 0),
             0.7,
             cfg.critique_tokens,
@@ -195,14 +168,17 @@ pub fn self_refine(
             minijinja::context! { ..v.clone(), ..minijinja::context! {
             draft => draft.clone(), critiques => vec![critique.trim().to_string()] } },
         );
-        let revised = clean(&r.ask(
-            Role::Writer,
-            revise_prompt,
-            derive_seed(cfg.seed, "write", round + 1, 0, 0),
-            t,
-            budget(source),
-            stops(),
-        )?);
+        let revised = clean(
+            &r.ask(
+                Role::Writer,
+                Prompt::user(None, revise_prompt).with_prefix(opener(cfg, &guidance, round + 1)),
+                derive_seed(cfg.seed, "write", round + 1, 0, 0),
+                t,
+                draft_budget(source.split_whitespace().count()),
+                writer_stops(),
+            )?,
+            source,
+        );
         if !revised.is_empty() {
             draft = revised;
         }

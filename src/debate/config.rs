@@ -28,6 +28,9 @@ pub struct DebateConfig {
     pub few_shot: bool,
     /// Tell writers which words carry the target emotion and which to avoid.
     pub word_guidance: bool,
+    /// Start each writer's answer with an opener in the target pole's voice.
+    #[serde(default)]
+    pub openers: bool,
     /// Weight of the judge's preference against the emotion reading when picking.
     pub judge_weight: f64,
     /// Below this share of the source's words kept, a draft has lost the content.
@@ -58,6 +61,7 @@ impl DebateConfig {
             seed: 42,
             few_shot: true,
             word_guidance: true,
+            openers: true,
             judge_weight: 0.5,
             min_content: 0.25,
             critique_tokens: 96,

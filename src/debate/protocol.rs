@@ -24,6 +24,7 @@ use crate::backend::{Backend, ChatRequest, Completion, Prompt};
 use crate::emotion::beam::{Beam, Target, format_level};
 use crate::emotion::detect::Detector;
 use crate::emotion::examples::{Examples, Guidance};
+use crate::engine::constrain::Constraint;
 use crate::engine::sampler::SamplingParams;
 use crate::eval::metrics::token_overlap;
 
@@ -93,12 +94,40 @@ fn target_words(beam: &Beam, target: Target) -> (String, String, String, String,
 }
 
 /// Tokens a writer may spend on a draft of a text of `words` words.
-fn draft_budget(words: usize) -> usize {
+pub(crate) fn draft_budget(words: usize) -> usize {
     (words * 3 + 32).min(512)
 }
 
+/// The values every writer prompt template reads: the target in words, the source and
+/// the guidance the config allows.
+pub(crate) fn writer_values(
+    beam: &Beam,
+    cfg: &DebateConfig,
+    guidance: &Guidance,
+    source: &str,
+    target: Target,
+) -> minijinja::Value {
+    let (word, intensity, pole, spectrum, level) = target_words(beam, target);
+    minijinja::context! {
+        word => word, intensity => intensity, pole => pole, spectrum => spectrum,
+        level => level, source => source.trim(), text => source.trim(),
+        use_words => if cfg.word_guidance { guidance.use_words.clone() } else { Vec::new() },
+        avoid_words => if cfg.word_guidance { guidance.avoid_words.clone() } else { Vec::new() },
+        example => if cfg.few_shot { guidance.example.clone() } else { None },
+    }
+}
+
+/// The start of a writer's answer for one draw, taking the openers in turn so that the
+/// draws of a round differ; empty when openers are off or the target is neutral.
+pub(crate) fn opener(cfg: &DebateConfig, guidance: &Guidance, index: usize) -> String {
+    if !cfg.openers || guidance.openers.is_empty() {
+        return String::new();
+    }
+    guidance.openers[index % guidance.openers.len()].clone()
+}
+
 /// Stops that keep a writer from carrying on into a new example or a second answer.
-fn writer_stops() -> Vec<String> {
+pub(crate) fn writer_stops() -> Vec<String> {
     [
         "\nText:",
         "\nRewrite:",
@@ -114,15 +143,13 @@ fn writer_stops() -> Vec<String> {
 
 impl<'a> Debate<'a> {
     fn prompt_values(&self) -> minijinja::Value {
-        let (word, intensity, pole, spectrum, level) = target_words(self.beam, self.target);
-        let g = &self.guidance;
-        minijinja::context! {
-            word => word, intensity => intensity, pole => pole, spectrum => spectrum,
-            level => level, source => self.source.trim(), text => self.source.trim(),
-            use_words => if self.cfg.word_guidance { g.use_words.clone() } else { Vec::new() },
-            avoid_words => if self.cfg.word_guidance { g.avoid_words.clone() } else { Vec::new() },
-            example => if self.cfg.few_shot { g.example.clone() } else { None },
-        }
+        writer_values(
+            self.beam,
+            self.cfg,
+            &self.guidance,
+            self.source,
+            self.target,
+        )
     }
 
     fn chat(&mut self, requests: &[ChatRequest]) -> Result<Vec<Completion>, DebateError> {
@@ -141,7 +168,7 @@ impl<'a> Debate<'a> {
         turn: usize,
         output: &str,
     ) -> Result<Candidate, DebateError> {
-        let text = clean(output);
+        let text = clean(output, self.source);
         let rejected = screen(&text, self.source, self.cfg.min_content);
         let content_kept = token_overlap(&text, self.source);
         let (reading, close) = if rejected.is_none() {
@@ -182,9 +209,14 @@ impl<'a> Debate<'a> {
         for (w, prompt) in prompts {
             let spec = &self.cfg.writers[*w];
             for d in 0..self.cfg.candidates {
+                let start = opener(
+                    self.cfg,
+                    &self.guidance,
+                    round + *w * self.cfg.candidates + d,
+                );
                 requests.push(ChatRequest {
                     model: spec.model.clone(),
-                    prompt: prompt.clone(),
+                    prompt: prompt.clone().with_prefix(start),
                     sampling: SamplingParams {
                         temperature: spec.temperature,
                         seed: derive_seed(self.cfg.seed, tag, round, *w, d),
@@ -192,6 +224,7 @@ impl<'a> Debate<'a> {
                     },
                     max_tokens: budget,
                     stop: writer_stops(),
+                    constraint: None,
                 });
             }
         }
@@ -219,7 +252,7 @@ impl<'a> Debate<'a> {
                 "reading draw {} of writer {w}",
                 i % self.cfg.candidates + 1
             )));
-            candidates.push(self.assess(w, i, &c.text)?);
+            candidates.push(self.assess(w, i, &format!("{}{}", req.prompt.prefix, c.text))?);
         }
         Ok((turns, candidates))
     }
@@ -358,6 +391,7 @@ pub fn rewrite(
                     },
                     max_tokens: cfg.critique_tokens,
                     stop: vec!["Verdict".into(), "\n\n\n".into()],
+                    constraint: None,
                 });
             }
         }
@@ -442,7 +476,9 @@ pub fn rewrite(
                 prompts,
             })
         };
-        let all_done = !critiques.is_empty() && critiques.iter().all(|c| c.keep > 0.5);
+        // A debate needs one exchange (critique, then revision) before agreement counts:
+        // small models say "keep" to almost any first draft.
+        let all_done = index > 1 && !critiques.is_empty() && critiques.iter().all(|c| c.keep > 0.5);
         let plateau = matches!((prev_crit, crit_mean), (Some(p), Some(c)) if c <= p);
         rounds.push(Round {
             index,
@@ -529,16 +565,17 @@ pub fn rewrite(
     let spec = &cfg.writers[author];
     let req = ChatRequest {
         model: spec.model.clone(),
-        prompt: Prompt::user(None, user).with_prefix("Diction:"),
+        prompt: Prompt::user(None, user),
         sampling: SamplingParams {
             seed: derive_seed(cfg.seed, "features", 0, author, 0),
             ..SamplingParams::greedy()
         },
-        max_tokens: 120,
-        stop: vec!["\n\n".into()],
+        max_tokens: 220,
+        stop: Vec::new(),
+        constraint: Some(Constraint::JsonSchema(features_schema())),
     };
     let c = d.chat(std::slice::from_ref(&req))?.remove(0);
-    let features = parse_features(&format!("Diction:{}", c.text));
+    let features = parse_features(&c.text);
     let features_turn = Some(Turn::new(
         Role::Writer,
         format!("writer-{author}"),
@@ -572,25 +609,48 @@ pub fn rewrite(
     })
 }
 
-/// The five feature lines the features prompt asks for, as named pairs.
+/// The linguistic features the paper's case studies name, as (JSON key, label).
+const FEATURES: [(&str, &str); 5] = [
+    ("diction", "Diction"),
+    ("imagery", "Imagery"),
+    ("figurative_language", "Figurative language"),
+    ("sentence_structure", "Sentence structure"),
+    ("tone", "Tone"),
+];
+
+/// The JSON object the features answer is constrained to: one short string per
+/// feature, so even the smallest model returns all five, parseable.
+pub fn features_schema() -> serde_json::Value {
+    let properties: serde_json::Map<String, serde_json::Value> = FEATURES
+        .iter()
+        .map(|(key, _)| {
+            (
+                key.to_string(),
+                serde_json::json!({"type": "string", "minLength": 3, "maxLength": 100}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "type": "object",
+        "properties": properties,
+        "required": FEATURES.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        "additionalProperties": false,
+    })
+}
+
+/// The features of a constrained answer, in the paper's order; empty when the answer
+/// was cut off before it closed.
 pub fn parse_features(text: &str) -> Vec<Feature> {
-    const NAMES: [&str; 5] = [
-        "Diction",
-        "Imagery",
-        "Figurative language",
-        "Sentence structure",
-        "Tone",
-    ];
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim().trim_start_matches(['-', '*', ' ']);
-            NAMES.iter().find_map(|name| {
-                let rest = line.strip_prefix(name)?.trim_start().strip_prefix(':')?;
-                let rest = rest.trim();
-                (!rest.is_empty()).then(|| Feature {
-                    name: name.to_lowercase(),
-                    text: rest.to_string(),
-                })
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) else {
+        return Vec::new();
+    };
+    FEATURES
+        .iter()
+        .filter_map(|(key, label)| {
+            let text = map.get(*key)?.as_str()?.trim();
+            (!text.is_empty()).then(|| Feature {
+                name: label.to_lowercase(),
+                text: text.to_string(),
             })
         })
         .collect()

@@ -11,9 +11,21 @@ use crate::eval::metrics::{is_copy, token_overlap};
 pub const CONTENT_WEIGHT: f64 = 0.3;
 
 /// Cleans a writer's output: drops a leading label the model echoed ("Rewrite:"),
-/// surrounding quotes and whitespace.
-pub fn clean(output: &str) -> String {
+/// surrounding quotes and whitespace, and whatever follows the rewrite (notes on what
+/// was changed) when the source has no such break: a paragraph ends at a blank line,
+/// a single line at its end.
+pub fn clean(output: &str, source: &str) -> String {
     let mut s = output.trim();
+    let end = if !source.trim().contains('\n') {
+        s.find('\n')
+    } else if !source.trim().contains("\n\n") {
+        s.find("\n\n")
+    } else {
+        None
+    };
+    if let Some(end) = end {
+        s = s[..end].trim_end();
+    }
     for label in [
         "Rewrite:",
         "Final text:",
@@ -85,10 +97,19 @@ mod tests {
 
     #[test]
     fn clean_drops_labels_and_quotes() {
-        assert_eq!(clean("Rewrite: \"Hello there.\"\n"), "Hello there.");
+        assert_eq!(clean("Rewrite: \"Hello there.\"\n", SRC), "Hello there.");
         assert_eq!(
-            clean("He said \"hi\" and \"bye\""),
+            clean("He said \"hi\" and \"bye\"", SRC),
             "He said \"hi\" and \"bye\""
+        );
+        assert_eq!(
+            clean("Glad news.\n\nI added the word glad.", SRC),
+            "Glad news."
+        );
+        let poem = "Line one\nline two";
+        assert_eq!(
+            clean("Bright one\nbright two\n\nNotes.", poem),
+            "Bright one\nbright two"
         );
     }
 

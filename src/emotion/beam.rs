@@ -26,7 +26,7 @@ pub struct Spectrum {
 /// The whole table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Beam {
-    pub levels: Vec<f32>,
+    pub levels: Vec<f64>,
     /// Intensity words per level, written into prompts beside the number.
     pub intensity: Vec<String>,
     #[serde(rename = "spectrum")]
@@ -44,15 +44,15 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetView {
     pub spectrum: String,
-    pub level: f32,
+    pub level: f64,
     pub word: String,
 }
 
 /// Tolerance for matching a typed level to a grid level.
-const LEVEL_EPS: f32 = 1e-3;
+const LEVEL_EPS: f64 = 1e-3;
 
 /// Formats a level the way users type it: `+0.6`, `-1`, `0`.
-pub fn format_level(level: f32) -> String {
+pub fn format_level(level: f64) -> String {
     if level == 0.0 {
         "0".into()
     } else if level.fract() == 0.0 {
@@ -111,7 +111,7 @@ impl Beam {
     }
 
     /// The grid level closest to `x`.
-    pub fn nearest_level(&self, x: f32) -> usize {
+    pub fn nearest_level(&self, x: f64) -> usize {
         let mut best = 0;
         for (i, l) in self.levels.iter().enumerate() {
             if (l - x).abs() < (self.levels[best] - x).abs() {
@@ -127,7 +127,7 @@ impl Beam {
     }
 
     /// The level value of a cell.
-    pub fn level(&self, t: Target) -> f32 {
+    pub fn level(&self, t: Target) -> f64 {
         self.levels[t.level]
     }
 
@@ -195,7 +195,7 @@ impl Beam {
             valid: self.valid_levels(),
             hint,
         };
-        let x: f32 = typed
+        let x: f64 = typed
             .trim()
             .trim_start_matches('+')
             .parse()

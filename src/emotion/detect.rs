@@ -30,7 +30,7 @@ pub struct SpectrumReading {
     /// Probability of each level, in the table's order (negative → positive).
     pub distribution: Vec<f64>,
     /// The most likely level and its word.
-    pub level: f32,
+    pub level: f64,
     pub word: String,
     /// The probability-weighted mean level, a finer position than `level`.
     pub expected: f64,

@@ -18,6 +18,11 @@ pub struct SpectrumExamples {
     pub positive: String,
     pub negative_words: Vec<String>,
     pub positive_words: Vec<String>,
+    /// Sentence starters in each pole's voice, given as the start of a writer's answer.
+    #[serde(default)]
+    pub negative_openers: Vec<String>,
+    #[serde(default)]
+    pub positive_openers: Vec<String>,
 }
 
 /// All few-shot material.
@@ -38,6 +43,8 @@ pub struct Guidance {
     pub use_words: Vec<String>,
     /// Words of the opposite pole, to avoid.
     pub avoid_words: Vec<String>,
+    /// Starts for a writer's answer in the target pole's voice (none for neutral).
+    pub openers: Vec<String>,
 }
 
 impl Examples {
@@ -64,23 +71,25 @@ impl Examples {
         } else {
             vec![spectrum.words[neutral].clone()]
         };
-        let (example, pole, anti) = match (ex, target.level.cmp(&neutral)) {
+        let (example, pole, anti, openers) = match (ex, target.level.cmp(&neutral)) {
             (Some(e), std::cmp::Ordering::Greater) => (
                 Some((self.source.clone(), e.positive.clone())),
                 e.positive_words.clone(),
                 e.negative_words.clone(),
+                e.positive_openers.clone(),
             ),
             (Some(e), std::cmp::Ordering::Less) => (
                 Some((self.source.clone(), e.negative.clone())),
                 e.negative_words.clone(),
                 e.positive_words.clone(),
+                e.negative_openers.clone(),
             ),
             (Some(e), std::cmp::Ordering::Equal) => {
                 let mut anti = e.negative_words.clone();
                 anti.extend(e.positive_words.iter().cloned());
-                (None, Vec::new(), anti)
+                (None, Vec::new(), anti, Vec::new())
             }
-            (None, _) => (None, Vec::new(), Vec::new()),
+            (None, _) => (None, Vec::new(), Vec::new(), Vec::new()),
         };
         let mut use_words = side;
         use_words.extend(pole);
@@ -88,6 +97,7 @@ impl Examples {
             example,
             use_words,
             avoid_words: anti,
+            openers,
         }
     }
 }
@@ -110,5 +120,12 @@ mod tests {
         assert!(g.example.unwrap().1.contains("smiling"));
         let grief = beam.parse_target("grief", false, false).unwrap();
         assert_eq!(ex.guidance(beam, grief).use_words[0], "pensiveness");
+        assert!(
+            ex.guidance(beam, grief)
+                .openers
+                .contains(&"Sadly,".to_string())
+        );
+        let neutral = beam.parse_target("sadness-joy:0", false, false).unwrap();
+        assert!(ex.guidance(beam, neutral).openers.is_empty());
     }
 }

@@ -69,6 +69,9 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
+
     #[error("chat template: {0}")]
     Template(String),
 

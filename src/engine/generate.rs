@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::arch::transformer::Logits;
+use super::constrain::Constraint;
 use super::error::{Error, Result};
 use super::model::{Model, Session};
 use super::sampler::{Sampler, SamplingParams};
@@ -24,6 +25,8 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// A shape the answer must have (JSON schema, choice, grammar); `None` for free text.
+    pub constraint: Option<Constraint>,
 }
 
 /// Why generation ended.
@@ -89,6 +92,10 @@ pub fn generate(
     sink: &mut dyn TokenSink,
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(req.sampling.clone())?;
+    let mut guide = match &req.constraint {
+        Some(c) => Some(model.grammars()?.guide(c)?),
+        None => None,
+    };
     if req.prompt.is_empty() {
         return Err(Error::InvalidSampling("the prompt is empty".into()));
     }
@@ -119,10 +126,18 @@ pub fn generate(
         sink.text(s)
     };
     while generated.len() < req.max_tokens {
+        if let Some(g) = guide.as_mut() {
+            g.mask(&mut logits)?;
+        }
         let next = sampler.sample(&mut logits, &session.tokens);
         if model.tokenizer.is_end_of_generation(next) {
             finish = FinishReason::Eos;
             break;
+        }
+        let mut complete = false;
+        if let Some(g) = guide.as_mut() {
+            g.accept(next)?;
+            complete = g.is_finished();
         }
         generated.push(next);
         let mut stopped = false;
@@ -136,6 +151,11 @@ pub fn generate(
         }
         if stopped {
             finish = FinishReason::Stop;
+            break;
+        }
+        if complete {
+            // The grammar admits nothing more: the answer is whole, as if EOS came.
+            finish = FinishReason::Eos;
             break;
         }
         if generated.len() == req.max_tokens || session.cache.len() + 1 > session.capacity() {

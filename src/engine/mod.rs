@@ -7,6 +7,7 @@
 //! [`generate::Generator`], which ties them into a streaming generation loop.
 
 pub mod arch;
+pub mod constrain;
 pub mod device;
 pub mod error;
 pub mod fetch;

@@ -4,14 +4,15 @@
 //! of [`Session`]s (one per conversation or debating agent) run over one copy of the
 //! weights, each with its own KV cache.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
 use super::arch::ArchConfig;
 use super::arch::transformer::Transformer;
-use super::error::Result;
+use super::constrain::Grammars;
+use super::error::{Error, Result};
 use super::gguf::{GgufFile, ModelInfo};
 use super::kv_cache::KvCache;
 use super::registry::ResolvedModel;
@@ -49,6 +50,8 @@ pub struct Model {
     pub info: Arc<ModelInfo>,
     pub context: usize,
     pub load_time: Duration,
+    /// Built on the first constrained generation (it walks the whole vocabulary).
+    grammars: Arc<OnceLock<std::result::Result<Grammars, String>>>,
 }
 
 impl Model {
@@ -88,6 +91,7 @@ impl Model {
             info: Arc::new(info),
             context,
             load_time,
+            grammars: Arc::default(),
         })
     }
 
@@ -105,6 +109,19 @@ impl Model {
         let mut text = self.template.render(messages, true)?;
         text.push_str(prefix);
         self.encode_prompt(&text)
+    }
+
+    /// The model's vocabulary as a grammar engine sees it, for constrained decoding.
+    pub fn grammars(&self) -> Result<&Grammars> {
+        self.grammars
+            .get_or_init(|| {
+                Grammars::new(&self.tokenizer, self.transformer.vocab_size()).map_err(|e| match e {
+                    Error::Constraint(m) => m,
+                    other => other.to_string(),
+                })
+            })
+            .as_ref()
+            .map_err(|e| Error::Constraint(e.clone()))
     }
 
     /// A fresh sequence with its own KV cache.

@@ -162,10 +162,85 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Ids that end generation, EOS first.
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.end_of_generation
+    }
+
+    /// The bytes each token stands for, indexed by id, for matching tokens against a
+    /// grammar. Special tokens get llguidance's marker byte (0xFF) and their name, so no
+    /// grammar over text can produce them.
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let byte_level = self.inner.get_decoder().is_some_and(has_byte_level_decoder);
+        let unicode_to_byte = gpt2_unicode_to_byte();
+        let added = self.inner.get_added_tokens_decoder();
+        let specials: HashMap<u32, &str> = added
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, t)| (id, t.content.as_str()))
+            .collect();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if let Some(name) = specials.get(&id) {
+                    let mut b = vec![0xFF];
+                    b.extend_from_slice(name.as_bytes());
+                    return b;
+                }
+                if let Some(t) = added.get(&id) {
+                    return t.content.clone().into_bytes();
+                }
+                let Some(text) = self.inner.id_to_token(id) else {
+                    return Vec::new();
+                };
+                if byte_level {
+                    text.chars()
+                        .map(|c| unicode_to_byte.get(&c).copied())
+                        .collect::<Option<Vec<u8>>>()
+                        .unwrap_or_default()
+                } else if let Some(hex) = text
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .filter(|h| h.len() == 2)
+                {
+                    u8::from_str_radix(hex, 16)
+                        .map(|b| vec![b])
+                        .unwrap_or_default()
+                } else {
+                    text.replace('\u{2581}', " ").into_bytes()
+                }
+            })
+            .collect()
+    }
+
     /// Saves the built pipeline as a `tokenizer.json` (for inspection and debugging).
     pub fn save(&self, path: &Path) -> Result<()> {
         self.inner.save(path, true).map_err(tok_err)
     }
+}
+
+fn has_byte_level_decoder(d: &DecoderWrapper) -> bool {
+    match d {
+        DecoderWrapper::ByteLevel(_) => true,
+        DecoderWrapper::Sequence(seq) => seq.get_decoders().iter().any(has_byte_level_decoder),
+        _ => false,
+    }
+}
+
+/// The inverse of GPT-2's byte-to-character table: printable bytes stand for
+/// themselves, the rest were shifted to code points from 256 up, in byte order.
+fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, 33..=126 | 161..=172 | 174..=255);
+    let mut shifted = 0u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (char::from(b), b)
+            } else {
+                shifted += 1;
+                (char::from_u32(255 + shifted).expect("valid code point"), b)
+            }
+        })
+        .collect()
 }
 
 fn string_array(gguf: &GgufFile, key: &str) -> Result<Vec<String>> {

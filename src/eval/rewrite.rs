@@ -107,7 +107,7 @@ pub struct Row {
     pub output: String,
     pub before: f64,
     pub after: f64,
-    pub after_level: f32,
+    pub after_level: f64,
     pub direction_hit: bool,
     pub exact_hit: bool,
     pub rouge_l: f64,

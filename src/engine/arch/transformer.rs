@@ -182,6 +182,12 @@ impl Transformer {
         )
     }
 
+    /// Width of the logits: the embedding table's rows, which may exceed the
+    /// tokenizer's vocabulary (padding rows).
+    pub fn vocab_size(&self) -> usize {
+        self.embed.shape().dims()[0]
+    }
+
     /// Runs `tokens` (the continuation of the sequence in `cache`) through the model and
     /// returns logits `[n, vocab]` for the last position or for all of them.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
