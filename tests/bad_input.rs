@@ -249,3 +249,66 @@ fn stdout_closed_early_exits_quietly() {
     assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
     let _ = std::io::stderr().flush();
 }
+
+#[test]
+fn unknown_emotion_lists_the_choices() {
+    let err = fails_with(&["rewrite", "--to", "happyness", "hi"], &["happyness"]);
+    assert!(err.contains("joy") && err.contains("serenity"), "{err}");
+    fails_with(
+        &["rewrite", "--to", "sadness-joy:0.5", "hi"],
+        &["0.5", "+0.6", "--snap"],
+    );
+    fails_with(
+        &["rewrite", "--sweep", "sadness-glee", "hi"],
+        &["sadness-joy"],
+    );
+}
+
+#[test]
+fn debate_settings_and_texts_are_checked() {
+    fails_with(
+        &["rewrite", "--to", "joy", "--writers", "0", "hi"],
+        &["--writers"],
+    );
+    fails_with(&["rewrite", "--to", "joy", "  "], &["empty"]);
+    fails_with(&["detect", ""], &["empty"]);
+    let long = "word ".repeat(5000);
+    fails_with(
+        &["rewrite", "--to", "joy", &long],
+        &["tokens", "shorten the text"],
+    );
+}
+
+#[test]
+fn unwritable_transcript_path_fails_before_the_debate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("no/such/dir/t.json");
+    let o = pathos(&[
+        "rewrite",
+        "--to",
+        "joy",
+        "--transcript",
+        p.to_str().unwrap(),
+        "hi",
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("cannot write the transcript"), "{err}");
+    assert!(!p.exists());
+}
+
+#[test]
+fn bad_constraints_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("s.json");
+    std::fs::write(&schema, r#"{"type":"integer","minimum":5,"maximum":2}"#).unwrap();
+    fails_with(
+        &["generate", "--json-schema", schema.to_str().unwrap(), "hi"],
+        &["constrained decoding", "minimum"],
+    );
+    std::fs::write(&schema, "{ not json").unwrap();
+    fails_with(
+        &["generate", "--json-schema", schema.to_str().unwrap(), "hi"],
+        &["not valid JSON"],
+    );
+}
