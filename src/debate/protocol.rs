@@ -366,11 +366,8 @@ pub fn rewrite(
         let mut pairs = Vec::new();
         let mut requests = Vec::new();
         for critic in 0..n {
-            for author in 0..n {
-                let Some(draft) = drafts[author]
-                    .as_ref()
-                    .filter(|_| author != critic || n == 1)
-                else {
+            for (author, draft) in drafts.iter().enumerate() {
+                let Some(draft) = draft.as_ref().filter(|_| author != critic || n == 1) else {
                     continue;
                 };
                 let user = crate::prompts::render(

@@ -50,7 +50,7 @@ impl Schedule {
                 self.start
             ));
         }
-        if !(self.divisor > 1.0) {
+        if self.divisor.is_nan() || self.divisor <= 1.0 {
             return Err(format!(
                 "the contentiousness divisor must be above 1, got {}",
                 self.divisor

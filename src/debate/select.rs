@@ -66,8 +66,8 @@ pub fn screen(draft: &str, source: &str, min_content: f64) -> Option<Rejection> 
 
 /// How near a reading is to the target: 1 at the target level, 0 at the far end.
 pub fn closeness(beam: &Beam, target: Target, reading: &SpectrumReading) -> f64 {
-    let span = (beam.levels[beam.levels.len() - 1] - beam.levels[0]) as f64;
-    (1.0 - (reading.expected - beam.level(target) as f64).abs() / span).clamp(0.0, 1.0)
+    let span = beam.levels[beam.levels.len() - 1] - beam.levels[0];
+    (1.0 - (reading.expected - beam.level(target)).abs() / span).clamp(0.0, 1.0)
 }
 
 /// A draft's fitness: closeness to the target plus a share for content kept.

@@ -141,7 +141,7 @@ impl<'a> Detector<'a> {
         let expected = distribution
             .iter()
             .zip(&self.beam.levels)
-            .map(|(p, &l)| p * l as f64)
+            .map(|(p, &l)| p * l)
             .sum();
         SpectrumReading {
             spectrum: s.name.clone(),

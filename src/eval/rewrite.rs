@@ -195,7 +195,7 @@ pub fn evaluate(
                 };
                 let seconds = start.elapsed().as_secs_f64();
                 let reading = detector.spectrum(&output, target.spectrum)?;
-                let goal = beam.level(target) as f64;
+                let goal = beam.level(target);
                 let moved = reading.expected - before;
                 let wanted = goal - before;
                 rows.push(Row {
@@ -242,7 +242,7 @@ fn summarize(rows: &[Row], method: Method) -> Summary {
             let (xs, ys): (Vec<f64>, Vec<f64>) = mine
                 .iter()
                 .filter(|r| r.target.spectrum == *s)
-                .map(|r| (r.target.level as f64, r.after))
+                .map(|r| (r.target.level, r.after))
                 .unzip();
             spearman(&xs, &ys)
         })
