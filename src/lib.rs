@@ -10,6 +10,7 @@ pub mod bench;
 pub mod debate;
 pub mod emotion;
 pub mod engine;
+pub mod ethics;
 pub mod eval;
 pub mod prompts;
 pub mod suggest;

@@ -19,6 +19,15 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("debate/prompts/synthesize.jinja"),
     ),
     ("features", include_str!("debate/prompts/features.jinja")),
+    ("ethics-code", include_str!("ethics/prompts/code.jinja")),
+    ("ethics-direct", include_str!("ethics/prompts/direct.jinja")),
+    (
+        "ethics-example",
+        include_str!("ethics/prompts/example.jinja"),
+    ),
+    ("ethics-rule", include_str!("ethics/prompts/rule.jinja")),
+    ("argue", include_str!("debate/prompts/argue.jinja")),
+    ("concede", include_str!("debate/prompts/concede.jinja")),
 ];
 
 fn env() -> &'static Environment<'static> {

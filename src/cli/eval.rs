@@ -14,6 +14,40 @@ use super::rewrite::config;
 pub enum EvalCommand {
     /// Compare rewrite methods over a corpus of texts and a set of targets.
     Rewrite(EvalRewriteArgs),
+    /// Measure the ethics check over a labelled corpus (harmful / harmless).
+    Ethics(Box<EvalEthicsArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalEthicsArgs {
+    /// TOML corpus of [[item]] entries (id, label, code, text).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Use only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also rectify flagged harmful items and report the success rate.
+    #[arg(long)]
+    pub rectify: bool,
+    /// Rewrite-and-check attempts per item when rectifying.
+    #[arg(long, default_value_t = 1)]
+    pub max_iterations: usize,
+    /// Also run ERIS's review on flagged items and report the escalation rate.
+    #[arg(long)]
+    pub review: bool,
+    /// Model ERIS speaks with (default: the checking model).
+    #[arg(long)]
+    pub reviewer_model: Option<String>,
+    /// Rounds of each review debate.
+    #[arg(long, default_value_t = 2)]
+    pub review_rounds: usize,
+    /// How the checker decides which items to rectify and review.
+    #[arg(long, value_enum, default_value = "dike")]
+    pub method: super::ethics::MethodArg,
+    #[command(flatten)]
+    pub sources: super::ethics::Sources,
+    #[command(flatten)]
+    pub debate: super::rewrite::DebateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -38,7 +72,10 @@ pub struct EvalRewriteArgs {
 }
 
 pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
-    let EvalCommand::Rewrite(args) = cmd;
+    let args = match cmd {
+        EvalCommand::Rewrite(a) => a,
+        EvalCommand::Ethics(a) => return ethics(*a, offline),
+    };
     let beam = Beam::builtin();
     let mut corpus = load_corpus(&args.corpus)?;
     if let Some(n) = args.limit {
@@ -108,6 +145,71 @@ pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
             report.detect_model
         );
         print!("{}", summary_table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
+    use pathos::ethics::check::Checker;
+    use pathos::eval::ethics::{Options, evaluate, load_items, table};
+
+    let mut items = load_items(&args.corpus)?;
+    if let Some(n) = args.limit {
+        items.truncate(n);
+    }
+    let loaded = super::ethics::load_sources(&args.sources)?;
+    let d = &args.debate;
+    let mut specs = d.model.clone();
+    if let Some(r) = &args.reviewer_model {
+        specs.push(r.clone());
+    }
+    let (backend, names) = load_backend(&specs, &d.run, offline)?;
+    let model = names[0].clone();
+    let checker = Checker::new(
+        &backend,
+        Beam::builtin(),
+        &loaded.policy,
+        &loaded.profiles,
+        loaded.rules.clone(),
+        loaded.precedents.clone(),
+        &model,
+        args.method.into(),
+    );
+    let judge = d.judge_model.clone().unwrap_or_else(|| model.clone());
+    let debate = config(d, &names[..d.model.len().max(1)], &judge);
+    let who = pathos::ethics::eris::Reviewers {
+        advocate_model: model.clone(),
+        eris_model: args.reviewer_model.clone().unwrap_or_else(|| model.clone()),
+    };
+    let argue = pathos::debate::argue::ArgueConfig {
+        max_rounds: args.review_rounds,
+        seed: d.seed,
+        context: loaded.policy.context.clone(),
+        ..Default::default()
+    };
+    // Review cases of an evaluation go to a scratch journal, not the user's queue.
+    let scratch = tempfile::tempdir()?;
+    let scratch_journal = pathos::ethics::journal::Journal::open(scratch.path())?;
+    let opts = Options {
+        rectify: args.rectify.then_some((&debate, args.max_iterations)),
+        review: args.review.then_some((&who, &argue, &scratch_journal)),
+        min_content: debate.min_content,
+    };
+    let bar = indicatif::ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = evaluate(&checker, &items, &opts, &|done, _, what| {
+        bar.set_position(done as u64);
+        bar.set_message(what.to_string());
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,6 +30,10 @@ pub struct GenerateArgs {
     /// Print one JSON object with the text, finish reason, counts and timings.
     #[arg(long)]
     pub json: bool,
+    /// Check the reply against the ethics policy before printing it; rectify or block it
+    /// on a violation (the reply is then not streamed).
+    #[arg(long)]
+    pub guard: bool,
     /// Make the reply a JSON value valid under the JSON schema in FILE.
     #[arg(long, value_name = "FILE", group = "shape")]
     pub json_schema: Option<PathBuf>,
@@ -93,8 +97,10 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let json_mode = args.json;
+    // A guarded reply is held back until it has passed the check.
+    let hold = json_mode || args.guard;
     let mut sink = |s: &str| -> bool {
-        if json_mode {
+        if hold {
             return true;
         }
         // A closed pipe (`| head`) ends generation quietly.
@@ -102,7 +108,24 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
             .and_then(|_| out.flush())
             .is_ok()
     };
-    let g = generate(&model, &mut session, &req, &mut sink)?;
+    let mut g = generate(&model, &mut session, &req, &mut sink)?;
+    if args.guard {
+        drop(session);
+        let name = model.name.clone();
+        let backend = pathos::backend::local::LocalBackend::new(vec![(name.clone(), model)]);
+        let debate = pathos::debate::config::DebateConfig::new(&name);
+        match super::ethics::guard(&backend, &name, &g.text, &debate)? {
+            Some(text) => g.text = text,
+            None => return Ok(ExitCode::from(1)),
+        }
+        let v = json!({ "model": name, "text": g.text, "finish_reason": g.finish_reason });
+        if json_mode {
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            let _ = writeln!(out, "{}", g.text);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if json_mode {
         let v = json!({
             "model": model.name,

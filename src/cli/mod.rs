@@ -5,6 +5,7 @@ mod chat;
 mod common;
 mod detect;
 mod emotions;
+mod ethics;
 mod eval;
 mod generate;
 mod models;
@@ -58,6 +59,9 @@ pub enum Command {
     Detect(detect::DetectArgs),
     /// Rewrite a text toward an emotion by multi-agent debate.
     Rewrite(Box<rewrite::RewriteArgs>),
+    /// Check texts against codes of conduct; learn, review, and take human feedback.
+    #[command(subcommand)]
+    Ethics(ethics::EthicsCommand),
     /// Measure rewrite methods over a corpus.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -75,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emotions(a) => emotions::run(a),
         Command::Detect(a) => detect::run(a, offline),
         Command::Rewrite(a) => rewrite::run(*a, offline),
+        Command::Ethics(c) => ethics::run(c, offline),
         Command::Eval(c) => eval::run(c, offline),
     }
 }

@@ -43,6 +43,9 @@ pub struct RewriteArgs {
     /// Write the whole debate as JSON to this file (a sweep writes every level's debate).
     #[arg(long)]
     pub transcript: Option<PathBuf>,
+    /// Check the rewrite against the ethics policy; rectify or block it on a violation.
+    #[arg(long, conflicts_with = "sweep")]
+    pub guard: bool,
 }
 
 /// Who debates and how: shared by `rewrite` and `eval rewrite`.
@@ -232,6 +235,14 @@ pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (t, target) = (&transcripts[0], targets[0]);
+    let mut t = t.clone();
+    if args.guard {
+        match super::ethics::guard(&backend, &names[0], &t.final_text, &cfg)? {
+            Some(text) => t.final_text = text,
+            None => return Ok(ExitCode::from(1)),
+        }
+    }
+    let t = &t;
     if d.json {
         let v = serde_json::json!({
             "text": t.final_text,

@@ -8,6 +8,7 @@
 //! through [`crate::backend::Backend`]; each step hands the backend all of its agents'
 //! requests at once.
 
+pub mod argue;
 pub mod baselines;
 pub mod config;
 pub mod judge;
