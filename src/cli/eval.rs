@@ -13,7 +13,7 @@ use super::rewrite::config;
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// Compare rewrite methods over a corpus of texts and a set of targets.
-    Rewrite(EvalRewriteArgs),
+    Rewrite(Box<EvalRewriteArgs>),
     /// Measure the ethics check over a labelled corpus (harmful / harmless).
     Ethics(Box<EvalEthicsArgs>),
 }
@@ -73,7 +73,7 @@ pub struct EvalRewriteArgs {
 
 pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
     let args = match cmd {
-        EvalCommand::Rewrite(a) => a,
+        EvalCommand::Rewrite(a) => *a,
         EvalCommand::Ethics(a) => return ethics(*a, offline),
     };
     let beam = Beam::builtin();

@@ -90,6 +90,7 @@ pub struct Argument {
     pub ms: f64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn speak(
     backend: &dyn Backend,
     subject: &str,

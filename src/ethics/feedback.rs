@@ -223,8 +223,11 @@ pub fn apply(records: &[Record<Entry>], rules: &mut Ruleset) -> Precedents {
     precedents
 }
 
+/// A decision's record with the rule changes it caused.
+pub type Decided = (Record<Entry>, Vec<RuleChange>);
+
 /// Every decision with the rule changes it caused, oldest first.
-pub fn history(journal: &Journal) -> Result<Vec<(Record<Entry>, Vec<RuleChange>)>, EthicsError> {
+pub fn history(journal: &Journal) -> Result<Vec<Decided>, EthicsError> {
     let records: Vec<Record<Entry>> = journal.read()?;
     let mut out = Vec::new();
     for r in &records {

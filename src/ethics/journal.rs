@@ -158,7 +158,7 @@ impl Journal {
             }
             let is_last = i + 1 == n || (i + 2 == n && complete);
             match serde_json::from_slice::<Record<T>>(line) {
-                Ok(r) if !(is_last && !complete) => out.push(r),
+                Ok(r) if !is_last || complete => out.push(r),
                 // A last line without its newline was never acknowledged.
                 Ok(_) => {}
                 Err(_) if is_last => {}
