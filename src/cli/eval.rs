@@ -23,9 +23,9 @@ pub struct EvalEthicsArgs {
     /// TOML corpus of [[item]] entries (id, label, code, text).
     #[arg(long)]
     pub corpus: PathBuf,
-    /// Use only the first N items.
+    /// Use N items, evenly spaced through the corpus (so every code and label stays in).
     #[arg(long)]
-    pub limit: Option<usize>,
+    pub sample: Option<usize>,
     /// Also rectify flagged harmful items and report the success rate.
     #[arg(long)]
     pub rectify: bool,
@@ -154,8 +154,9 @@ fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
     use pathos::eval::ethics::{Options, evaluate, load_items, table};
 
     let mut items = load_items(&args.corpus)?;
-    if let Some(n) = args.limit {
-        items.truncate(n);
+    if let Some(n) = args.sample.filter(|&n| n > 0 && n < items.len()) {
+        let len = items.len();
+        items = (0..n).map(|i| items[i * len / n].clone()).collect();
     }
     let loaded = super::ethics::load_sources(&args.sources)?;
     let d = &args.debate;

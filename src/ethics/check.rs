@@ -44,8 +44,8 @@ pub struct Report {
     pub allowed: [String; 2],
     /// Cosine similarity to every behaviour's profile, in scale order.
     pub similarities: Vec<(String, f64)>,
-    /// Codes at stake (those at or above the threshold; on a violation at least the most
-    /// likely one), with quoted spans.
+    /// On a violation, the codes at stake (up to two at or above the threshold, at least
+    /// the most likely one), with quoted spans; empty on a pass.
     pub codes: Vec<CodeFinding>,
     /// Every code's probability of being broken.
     pub code_probabilities: Vec<(String, f64)>,
@@ -73,6 +73,9 @@ pub struct Checker<'a> {
     pub threshold: f64,
     detector: Detector<'a>,
 }
+
+/// Codes named as at stake in a violation.
+const MAX_CODES: usize = 2;
 
 /// Smallest change in expected level worth proposing.
 const MIN_ADJUSTMENT: f64 = 0.1;
@@ -117,7 +120,7 @@ impl<'a> Checker<'a> {
         let class = classify(&self.profiles.behaviours, &v, self.profiles.top_m);
         let behaviour_allowed = self.policy.allows(class.behaviour);
         let codes_checker = CodeChecker::new(self.backend, &self.model, self.policy, &self.rules);
-        let all = codes_checker.check(text, self.threshold)?;
+        let all = codes_checker.check(text)?;
         let rules_violation = all.first().is_some_and(|f| f.probability >= self.threshold);
         let mut verdict = match self.method {
             Method::Dike => !behaviour_allowed,
@@ -128,18 +131,17 @@ impl<'a> Checker<'a> {
         if let Some((_, human)) = precedent {
             verdict = human == Verdict::Violation;
         }
-        let mut codes: Vec<CodeFinding> = all
-            .iter()
-            .filter(|f| f.probability >= self.threshold)
-            .cloned()
-            .collect();
-        if verdict
-            && codes.is_empty()
-            && let Some(top) = all.first()
-        {
-            let mut top = top.clone();
-            top.spans = codes_checker.spans(text, &top.code, self.threshold)?;
-            codes.push(top);
+        // Codes at stake, with their spans, only for a violation: at most the two most
+        // likely at or above the threshold, or the most likely one.
+        let mut codes: Vec<CodeFinding> = Vec::new();
+        if verdict {
+            for f in all.iter().take(MAX_CODES) {
+                if f.probability >= self.threshold || codes.is_empty() {
+                    let mut f = f.clone();
+                    f.spans = codes_checker.spans(text, &f.code, self.threshold)?;
+                    codes.push(f);
+                }
+            }
         }
         let allowed: Vec<&_> = self
             .profiles

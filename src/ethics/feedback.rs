@@ -207,9 +207,9 @@ pub fn apply(records: &[Record<Entry>], rules: &mut Ruleset) -> Precedents {
             Entry::RuleChange(ch) => {
                 if let Some(rule) = rules.get_mut(&ch.code) {
                     let list = if ch.added == "harmful_example" {
-                        &mut rule.harmful
+                        &mut rule.human_harmful
                     } else {
-                        &mut rule.harmless
+                        &mut rule.human_harmless
                     };
                     if !list.contains(&ch.text) {
                         list.push(ch.text.clone());
@@ -287,12 +287,12 @@ mod tests {
         assert_eq!(after.origin, RuleOrigin::Feedback);
         assert!(
             after
-                .harmless
+                .human_harmless
                 .contains(&"That plan is foolish.".to_string())
         );
         assert!(
             after
-                .harmful
+                .human_harmful
                 .contains(&"You clumsy fool, again?".to_string())
         );
         assert_ne!(&before, after);

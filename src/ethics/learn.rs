@@ -285,6 +285,8 @@ pub fn learn_rules(
             markers: markers(&harmful, &harmless, 8),
             harmful,
             harmless,
+            human_harmful: Vec::new(),
+            human_harmless: Vec::new(),
             origin: RuleOrigin::Learned,
         });
     }

@@ -41,6 +41,11 @@ pub struct Rule {
     pub harmful: Vec<String>,
     #[serde(default)]
     pub harmless: Vec<String>,
+    /// Examples a person confirmed through feedback, shown to the model before any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub human_harmful: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub human_harmless: Vec<String>,
     pub origin: RuleOrigin,
 }
 
@@ -88,6 +93,8 @@ impl Ruleset {
                     markers: markers(&c.harmful, &c.harmless, 8),
                     harmful: c.harmful.clone(),
                     harmless: c.harmless.clone(),
+                    human_harmful: Vec::new(),
+                    human_harmless: Vec::new(),
                     origin: RuleOrigin::Policy,
                 })
                 .collect(),
@@ -194,13 +201,24 @@ impl<'a> CodeChecker<'a> {
         }
     }
 
-    /// The yes/no question about one code.
+    /// The yes/no question about one code. The model sees the code's description, the
+    /// policy's examples and the latest examples people confirmed; what a small model
+    /// learned by itself (rule sentence, generated examples) only feeds the span markers,
+    /// because the default model's own examples and rules read as noise (see the note in
+    /// `learn`).
     pub fn prompt(&self, text: &str, code: &str) -> Prompt {
         let c = self.policy.code(code);
         let r = self.rules.get(code);
-        let take = |v: Option<&Vec<String>>| -> Vec<String> {
-            v.map(|v| v.iter().rev().take(SHOWN_EXAMPLES).rev().cloned().collect())
-                .unwrap_or_default()
+        let shown = |policy: Option<&Vec<String>>, human: Option<&Vec<String>>| -> Vec<String> {
+            let mut v: Vec<String> = human
+                .map(|h| h.iter().rev().take(SHOWN_EXAMPLES).cloned().collect())
+                .unwrap_or_default();
+            for e in policy.into_iter().flatten() {
+                if v.len() < SHOWN_EXAMPLES + 1 && !v.contains(e) {
+                    v.push(e.clone());
+                }
+            }
+            v
         };
         let user = crate::prompts::render(
             "ethics-code",
@@ -208,9 +226,8 @@ impl<'a> CodeChecker<'a> {
                 text => text.trim(),
                 id => code,
                 description => c.map(|c| c.description.as_str()).unwrap_or_default(),
-                rule => r.map(|r| r.text.as_str()).unwrap_or_default(),
-                harmful => take(r.map(|r| &r.harmful)),
-                harmless => take(r.map(|r| &r.harmless)),
+                harmful => shown(c.map(|c| &c.harmful), r.map(|r| &r.human_harmful)),
+                harmless => shown(c.map(|c| &c.harmless), r.map(|r| &r.human_harmless)),
             },
         );
         Prompt::user(None, user).with_prefix("Answer:")
@@ -251,21 +268,15 @@ impl<'a> CodeChecker<'a> {
         Ok(calibrate(p, bias))
     }
 
-    /// Every code's probability for `text`, most likely broken first; spans only for
-    /// the codes at or above `threshold`.
-    pub fn check(&self, text: &str, threshold: f64) -> Result<Vec<CodeFinding>> {
+    /// Every code's probability for `text`, most likely broken first, without spans
+    /// (ask [`CodeChecker::spans`] for the codes that matter).
+    pub fn check(&self, text: &str) -> Result<Vec<CodeFinding>> {
         let mut out = Vec::new();
         for code in &self.policy.codes {
-            let probability = self.probability(text, &code.id)?;
-            let spans = if probability >= threshold {
-                self.spans(text, &code.id, threshold)?
-            } else {
-                Vec::new()
-            };
             out.push(CodeFinding {
                 code: code.id.clone(),
-                probability,
-                spans,
+                probability: self.probability(text, &code.id)?,
+                spans: Vec::new(),
             });
         }
         out.sort_by(|a, b| b.probability.total_cmp(&a.probability));
@@ -388,6 +399,8 @@ mod tests {
             markers: vec!["idiot".into()],
             harmful: vec!["You idiot.".into()],
             harmless: vec![],
+            human_harmful: vec![],
+            human_harmless: vec![],
             origin: RuleOrigin::Learned,
         }];
         let set = Ruleset::with_learned(&p, &learned);
