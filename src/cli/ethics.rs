@@ -285,6 +285,27 @@ pub struct Loaded {
     pub journal: Journal,
 }
 
+impl Loaded {
+    /// A checker over these sources asking `model`.
+    pub fn checker<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        model: &str,
+        method: Method,
+    ) -> Checker<'a> {
+        Checker::new(
+            backend,
+            Beam::builtin(),
+            &self.policy,
+            &self.profiles,
+            self.rules.clone(),
+            self.precedents.clone(),
+            model,
+            method,
+        )
+    }
+}
+
 pub fn load_sources(s: &Sources) -> anyhow::Result<Loaded> {
     let policy = load_policy(s.policy.as_deref())?;
     let (profiles, origin) = match &s.profiles {
@@ -356,16 +377,7 @@ fn check(args: CheckArgs, offline: bool) -> anyhow::Result<ExitCode> {
     }
     let (backend, names) = load_backend(&specs, &d.run, offline)?;
     let model = names[0].clone();
-    let checker = Checker::new(
-        &backend,
-        Beam::builtin(),
-        &loaded.policy,
-        &loaded.profiles,
-        loaded.rules.clone(),
-        loaded.precedents.clone(),
-        &model,
-        args.method.into(),
-    );
+    let checker = loaded.checker(&backend, &model, args.method.into());
     let bar = spinner("checking");
     let report = checker.check(&text)?;
     let mut out = serde_json::json!({ "report": &report });
@@ -655,16 +667,7 @@ pub fn guard(
         journal: JournalArgs { journal: None },
     };
     let loaded = load_sources(&sources)?;
-    let checker = Checker::new(
-        backend,
-        Beam::builtin(),
-        &loaded.policy,
-        &loaded.profiles,
-        loaded.rules.clone(),
-        loaded.precedents.clone(),
-        model,
-        Method::Dike,
-    );
+    let checker = loaded.checker(backend, model, Method::Dike);
     let bar = spinner("ethics check");
     let report = checker.check(text)?;
     if report.verdict == Verdict::Pass {

@@ -150,7 +150,6 @@ pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
-    use pathos::ethics::check::Checker;
     use pathos::eval::ethics::{Options, evaluate, load_items, table};
 
     let mut items = load_items(&args.corpus)?;
@@ -166,16 +165,7 @@ fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
     }
     let (backend, names) = load_backend(&specs, &d.run, offline)?;
     let model = names[0].clone();
-    let checker = Checker::new(
-        &backend,
-        Beam::builtin(),
-        &loaded.policy,
-        &loaded.profiles,
-        loaded.rules.clone(),
-        loaded.precedents.clone(),
-        &model,
-        args.method.into(),
-    );
+    let checker = loaded.checker(&backend, &model, args.method.into());
     let judge = d.judge_model.clone().unwrap_or_else(|| model.clone());
     let debate = config(d, &names[..d.model.len().max(1)], &judge);
     let who = pathos::ethics::eris::Reviewers {
