@@ -289,9 +289,14 @@ impl Policy {
         self.allowed.contains(&index)
     }
 
-    /// The BEAM level behaviour `index` sits at: L evenly spaced levels over [-1, +1].
+    /// The BEAM level behaviour `index` sits at: BEAM's own levels when the scale has as
+    /// many behaviours as BEAM has levels, else L evenly spaced levels over [-1, +1].
     pub fn behaviour_level(&self, index: usize) -> f64 {
         let l = self.behaviours.len();
+        let levels = &Beam::builtin().levels;
+        if l == levels.len() {
+            return levels[index.min(l - 1)];
+        }
         if l < 2 {
             return 0.0;
         }
@@ -317,6 +322,7 @@ mod tests {
         assert!(p.allows(3) && !p.allows(2));
         assert_eq!(p.behaviour_level(0), -1.0);
         assert_eq!(p.behaviour_level(3), 0.0);
+        assert_eq!(p.behaviour_level(5), 0.6);
         assert!(p.virtues.iter().filter(|v| v.origin == "paper").count() == 2);
         assert!(p.code("respect").is_some());
     }
