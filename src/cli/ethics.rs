@@ -373,6 +373,10 @@ fn check(args: CheckArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let d = &args.debate;
     let mut specs = d.model.clone();
     if let Some(r) = &args.reviewer_model {
+        // The checking model comes first: the default one when -m is not given.
+        if specs.is_empty() {
+            specs.push(Manifest::builtin()?.default.clone());
+        }
         specs.push(r.clone());
     }
     let (backend, names) = load_backend(&specs, &d.run, offline)?;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use pathos::emotion::beam::Beam;
+use pathos::engine::registry::Manifest;
 use pathos::eval::rewrite::{Method, evaluate, load_corpus, summary_table};
 
 use super::common::load_backend;
@@ -161,6 +162,10 @@ fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let d = &args.debate;
     let mut specs = d.model.clone();
     if let Some(r) = &args.reviewer_model {
+        // The checking model comes first: the default one when -m is not given.
+        if specs.is_empty() {
+            specs.push(Manifest::builtin()?.default.clone());
+        }
         specs.push(r.clone());
     }
     let (backend, names) = load_backend(&specs, &d.run, offline)?;
