@@ -367,19 +367,28 @@ fn print_report(r: &Report) {
     }
 }
 
+/// Loads the checking models (`-m`, the default when none) and ERIS's, if any; the
+/// checking model comes first in the names.
+pub fn load_checking_backend(
+    d: &DebateArgs,
+    reviewer: Option<&str>,
+    offline: bool,
+) -> anyhow::Result<(pathos::backend::local::LocalBackend, Vec<String>)> {
+    let mut specs = d.model.clone();
+    if let Some(r) = reviewer {
+        if specs.is_empty() {
+            specs.push(Manifest::builtin()?.default.clone());
+        }
+        specs.push(r.to_string());
+    }
+    load_backend(&specs, &d.run, offline)
+}
+
 fn check(args: CheckArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let text = read_text(args.text.clone())?;
     let loaded = load_sources(&args.sources)?;
     let d = &args.debate;
-    let mut specs = d.model.clone();
-    if let Some(r) = &args.reviewer_model {
-        // The checking model comes first: the default one when -m is not given.
-        if specs.is_empty() {
-            specs.push(Manifest::builtin()?.default.clone());
-        }
-        specs.push(r.clone());
-    }
-    let (backend, names) = load_backend(&specs, &d.run, offline)?;
+    let (backend, names) = load_checking_backend(d, args.reviewer_model.as_deref(), offline)?;
     let model = names[0].clone();
     let checker = loaded.checker(&backend, &model, args.method.into());
     let bar = spinner("checking");

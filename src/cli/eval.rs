@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use pathos::emotion::beam::Beam;
-use pathos::engine::registry::Manifest;
 use pathos::eval::rewrite::{Method, evaluate, load_corpus, summary_table};
 
 use super::common::load_backend;
@@ -113,12 +112,7 @@ pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| writer_names[0].clone());
     let cfg = config(d, writer_names, &judge);
     let detect_model = args.detect_model.clone().unwrap_or_else(|| judge.clone());
-    let bar =
-        indicatif::ProgressBar::new((corpus.len() * targets.len() * args.methods.len()) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(corpus.len() * targets.len() * args.methods.len());
     let report = evaluate(
         &backend,
         beam,
@@ -160,15 +154,8 @@ fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
     }
     let loaded = super::ethics::load_sources(&args.sources)?;
     let d = &args.debate;
-    let mut specs = d.model.clone();
-    if let Some(r) = &args.reviewer_model {
-        // The checking model comes first: the default one when -m is not given.
-        if specs.is_empty() {
-            specs.push(Manifest::builtin()?.default.clone());
-        }
-        specs.push(r.clone());
-    }
-    let (backend, names) = load_backend(&specs, &d.run, offline)?;
+    let (backend, names) =
+        super::ethics::load_checking_backend(d, args.reviewer_model.as_deref(), offline)?;
     let model = names[0].clone();
     let checker = loaded.checker(&backend, &model, args.method.into());
     let judge = d.judge_model.clone().unwrap_or_else(|| model.clone());
@@ -191,11 +178,7 @@ fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
         review: args.review.then_some((&who, &argue, &scratch_journal)),
         min_content: debate.min_content,
     };
-    let bar = indicatif::ProgressBar::new(items.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(items.len());
     let report = evaluate(&checker, &items, &opts, &|done, _, what| {
         bar.set_position(done as u64);
         bar.set_message(what.to_string());
@@ -208,4 +191,14 @@ fn ethics(args: EvalEthicsArgs, offline: bool) -> anyhow::Result<ExitCode> {
         print!("{}", table(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar over `len` evaluation steps.
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
