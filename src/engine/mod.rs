@@ -15,6 +15,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
+pub mod quant;
 pub mod registry;
 pub mod sampler;
 pub mod score;

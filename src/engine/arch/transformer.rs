@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::{Activation, ArchConfig, RopeStyle};
 use crate::engine::error::{Error, Result};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv_cache::KvCache;
+use crate::engine::quant::Linear;
 
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +24,10 @@ pub enum Logits {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
@@ -34,9 +35,9 @@ struct Layer {
     k_norm: Option<Tensor>,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
     post_ffn_norm: Option<Tensor>,
     /// Index into [`Transformer::rope_tables`].
     rope: usize,
@@ -46,10 +47,13 @@ struct Layer {
 /// Weights and precomputed tables of one model.
 pub struct Transformer {
     cfg: ArchConfig,
-    embed: Arc<QTensor>,
+    /// `None` when the output projection is tied to the embeddings and kept by pathos's
+    /// own kernels: rows are then read from [`Self::output`] (one copy of the table).
+    embed: Option<Arc<QTensor>>,
+    vocab: usize,
     layers: Vec<Layer>,
     out_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     /// (cos, sin) per distinct RoPE base, `[context_length, head_dim / 2]`.
     rope_tables: Vec<(Tensor, Tensor)>,
     device: Device,
@@ -90,7 +94,7 @@ impl Transformer {
         max_positions: usize,
     ) -> Result<Self> {
         let qt = |name: &str| gguf.tensor(name, device);
-        let mm = |name: &str| -> Result<QMatMul> { Ok(QMatMul::from_qtensor(qt(name)?)?) };
+        let mm = |name: &str| -> Result<Linear> { Ok(Linear::new(qt(name)?, device)?) };
         let dense = |name: &str| -> Result<Tensor> { Ok(qt(name)?.dequantize(device)?) };
         let opt_dense = |name: &str| -> Result<Option<Tensor>> {
             if gguf.has_tensor(name) {
@@ -102,11 +106,14 @@ impl Transformer {
         // The largest tensors first: each is read through a temporary buffer, and that
         // transient copy costs least before the rest of the model is resident.
         let embed = Arc::new(qt("token_embd.weight")?);
+        let vocab = embed.shape().dims()[0];
         // Tied embeddings: the output projection shares the embedding matrix (one copy).
-        let output = if gguf.has_tensor("output.weight") {
-            mm("output.weight")?
+        let (output, embed) = if gguf.has_tensor("output.weight") {
+            (mm("output.weight")?, Some(embed))
         } else {
-            QMatMul::from_arc(embed.clone())?
+            let out = Linear::shared(embed.clone(), device)?;
+            let keep = matches!(out, Linear::Candle(_)).then_some(embed);
+            (out, keep)
         };
         let mut thetas: Vec<f32> = Vec::new();
         let mut layers = Vec::with_capacity(cfg.n_layer);
@@ -148,6 +155,7 @@ impl Transformer {
         Ok(Self {
             out_norm: dense("output_norm.weight")?,
             embed,
+            vocab,
             layers,
             output,
             rope_tables,
@@ -185,7 +193,7 @@ impl Transformer {
     /// Width of the logits: the embedding table's rows, which may exceed the
     /// tokenizer's vocabulary (padding rows).
     pub fn vocab_size(&self) -> usize {
-        self.embed.shape().dims()[0]
+        self.vocab
     }
 
     /// Runs `tokens` (the continuation of the sequence in `cache`) through the model and
@@ -197,8 +205,13 @@ impl Transformer {
         }
         cache.check_room(t)?;
         let pos = cache.len();
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?;
+        let mut x = match (&self.embed, &self.output) {
+            (Some(table), _) => table.embedding(&Tensor::new(tokens, &self.device)?)?,
+            (None, Linear::Own(w)) => w.rows_of(tokens, &self.device)?,
+            (None, Linear::Candle(_)) => {
+                return Err(candle_core::Error::Msg("no token embedding table".into()).into());
+            }
+        };
         if self.cfg.scale_embeddings {
             x = (x * (self.cfg.n_embd as f64).sqrt())?;
         }
@@ -226,7 +239,7 @@ impl Transformer {
         let eps = c.rms_eps as f32;
         let t = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &l.attn_norm, eps)?;
-        let proj = |w: &QMatMul, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+        let proj = |w: &Linear, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
             let mut y = w.forward(&h)?;
             if let Some(b) = b {
                 y = y.broadcast_add(b)?;

@@ -1,0 +1,431 @@
+//! Quantized matrix products on the CPU, for the weight types the supported models are
+//! mostly made of (Q4_0, Q4_1, Q5_0, Q8_0).
+//!
+//! candle multiplies Q4_1 and Q5_0 with portable scalar code and reads each weight row
+//! once per activation row. [`QWeight`] keeps the file's blocks and multiplies them with
+//! AVX2 where the CPU has it, unpacking each weight block once for up to four activation
+//! rows: one pass over the weights serves a whole batch of sequences. Other types (the
+//! K-quants, where candle's kernels are already vectorized) and other devices stay with
+//! candle's `QMatMul`; [`Linear`] picks.
+
+pub mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
+
+use blocks::{ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, QK, WeightBlock};
+
+/// A weight matrix `[n, k]` in one of the block types this module multiplies.
+pub struct QWeight {
+    n: usize,
+    k: usize,
+    blocks: Blocks,
+}
+
+enum Blocks {
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// Which code multiplies: chosen once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    Avx2,
+    Scalar,
+    /// candle's `QMatMul` for every type (to compare).
+    Candle,
+}
+
+/// The fastest kernels this CPU runs. `PATHOS_KERNELS=scalar` forces the portable ones
+/// and `PATHOS_KERNELS=candle` candle's for every type, to compare.
+pub fn kernels() -> Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    *K.get_or_init(|| {
+        match std::env::var("PATHOS_KERNELS").as_deref() {
+            Ok("scalar") => return Kernels::Scalar,
+            Ok("candle") => return Kernels::Candle,
+            _ => {}
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::available() {
+            return Kernels::Avx2;
+        }
+        Kernels::Scalar
+    })
+}
+
+/// Weight rows handed to a worker at a time: enough to amortize the hand-off, few
+/// enough that two workers share a 576-row matrix evenly.
+const ROW_TILE: usize = 8;
+
+impl QWeight {
+    /// The blocks of `t` (`[n, k]`), when its type is one this module multiplies.
+    pub fn from_qtensor(t: &QTensor) -> Option<Self> {
+        let (n, k) = t.shape().dims2().ok()?;
+        if !k.is_multiple_of(QK) {
+            return None;
+        }
+        let data = t.data().ok()?;
+        let blocks = match t.dtype() {
+            GgmlDType::Q4_0 => Blocks::Q4_0(blocks::blocks_from_bytes(&data)?),
+            GgmlDType::Q4_1 => Blocks::Q4_1(blocks::blocks_from_bytes(&data)?),
+            GgmlDType::Q5_0 => Blocks::Q5_0(blocks::blocks_from_bytes(&data)?),
+            GgmlDType::Q8_0 => Blocks::Q8_0(blocks::blocks_from_bytes(&data)?),
+            _ => return None,
+        };
+        let w = Self { n, k, blocks };
+        (w.block_count() == n * k / QK).then_some(w)
+    }
+
+    fn block_count(&self) -> usize {
+        match &self.blocks {
+            Blocks::Q4_0(b) => b.len(),
+            Blocks::Q4_1(b) => b.len(),
+            Blocks::Q5_0(b) => b.len(),
+            Blocks::Q8_0(b) => b.len(),
+        }
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// The rows `ids` as an f32 tensor `[ids.len(), k]` (token embeddings of a tied table).
+    pub fn rows_of(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        let kb = self.k / QK;
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.n {
+                candle_core::bail!("token id {id} is outside the vocabulary of {}", self.n)
+            }
+            let range = id * kb..(id + 1) * kb;
+            match &self.blocks {
+                Blocks::Q4_0(b) => b[range].iter().for_each(|b| out.extend(b.dequantize())),
+                Blocks::Q4_1(b) => b[range].iter().for_each(|b| out.extend(b.dequantize())),
+                Blocks::Q5_0(b) => b[range].iter().for_each(|b| out.extend(b.dequantize())),
+                Blocks::Q8_0(b) => b[range].iter().for_each(|b| out.extend(b.dequantize())),
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.k), device)
+    }
+
+    /// `dst[m, n] = x[m, k] · selfᵀ`.
+    pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        assert_eq!(x.len(), m * self.k, "activation shape");
+        assert_eq!(dst.len(), m * self.n, "output shape");
+        let kb = self.k / QK;
+        thread_local! {
+            static ACTS: RefCell<Vec<ActBlock>> = const { RefCell::new(Vec::new()) };
+        }
+        ACTS.with(|cell| {
+            let mut acts = cell.borrow_mut();
+            if acts.len() < m * kb {
+                acts.resize(m * kb, ActBlock::ZERO);
+            }
+            for (row, out) in x.chunks_exact(self.k).zip(acts.chunks_exact_mut(kb)) {
+                blocks::quantize_row(row, out);
+            }
+            let acts = &acts[..m * kb];
+            match &self.blocks {
+                Blocks::Q4_0(b) => run(b, self.n, kb, acts, m, dst, pick_q4_0()),
+                Blocks::Q4_1(b) => run(b, self.n, kb, acts, m, dst, pick_q4_1()),
+                Blocks::Q5_0(b) => run(b, self.n, kb, acts, m, dst, pick_q5_0()),
+                Blocks::Q8_0(b) => run(b, self.n, kb, acts, m, dst, pick_q8_0()),
+            }
+        })
+    }
+}
+
+/// Dot products of one weight row with 1 to 4 activation rows.
+struct Kernel<B> {
+    k1: fn(&[B], [&[ActBlock]; 1], &mut [f32; 1]),
+    k2: fn(&[B], [&[ActBlock]; 2], &mut [f32; 2]),
+    k4: fn(&[B], [&[ActBlock]; 4], &mut [f32; 4]),
+}
+
+fn scalar_kernel<B: WeightBlock>() -> Kernel<B> {
+    fn k<B: WeightBlock, const R: usize>(w: &[B], a: [&[ActBlock]; R], out: &mut [f32; R]) {
+        for r in 0..R {
+            out[r] = B::dot_scalar(w, a[r]);
+        }
+    }
+    Kernel {
+        k1: k::<B, 1>,
+        k2: k::<B, 2>,
+        k4: k::<B, 4>,
+    }
+}
+
+macro_rules! pick {
+    ($fn_name:ident, $block:ty, $kernel:ident) => {
+        fn $fn_name() -> Kernel<$block> {
+            #[cfg(target_arch = "x86_64")]
+            if kernels() == Kernels::Avx2 {
+                fn k<const R: usize>(w: &[$block], a: [&[ActBlock]; R], out: &mut [f32; R]) {
+                    for r in &a {
+                        assert!(r.len() >= w.len());
+                    }
+                    // SAFETY: `kernels()` returned Avx2 only after checking the CPU has
+                    // AVX2 and FMA; every activation row is as long as the weight row.
+                    unsafe { x86::$kernel::<R>(w, a, out) }
+                }
+                return Kernel {
+                    k1: k::<1>,
+                    k2: k::<2>,
+                    k4: k::<4>,
+                };
+            }
+            scalar_kernel::<$block>()
+        }
+    };
+}
+
+pick!(pick_q4_0, BlockQ4_0, dot_q4_0);
+pick!(pick_q4_1, BlockQ4_1, dot_q4_1);
+pick!(pick_q5_0, BlockQ5_0, dot_q5_0);
+pick!(pick_q8_0, BlockQ8_0, dot_q8_0);
+
+/// Splits the weight rows over candle's CPU worker pool (the same threads candle's own
+/// kernels use, so the two never compete for cores); each worker multiplies its rows with
+/// every activation row, four at a time.
+fn run<B: WeightBlock>(
+    w: &[B],
+    n: usize,
+    kb: usize,
+    acts: &[ActBlock],
+    m: usize,
+    dst: &mut [f32],
+    kernel: Kernel<B>,
+) {
+    let dst_addr = dst.as_mut_ptr() as usize;
+    let tiles = n.div_ceil(ROW_TILE);
+    let work = |range: std::ops::Range<usize>| {
+        let dst = dst_addr as *mut f32;
+        let put = |i: usize, row: usize, v: f32| {
+            // SAFETY: `i < m` and `row < n`, so the index is inside `dst` (m * n floats);
+            // each (i, row) is written by exactly one worker, the one owning `row`'s tile.
+            unsafe { *dst.add(i * n + row) = v };
+        };
+        for tile in range {
+            for row in tile * ROW_TILE..n.min((tile + 1) * ROW_TILE) {
+                let wr = &w[row * kb..(row + 1) * kb];
+                let a = |i: usize| &acts[i * kb..(i + 1) * kb];
+                let mut i = 0;
+                while i + 4 <= m {
+                    let mut o = [0f32; 4];
+                    (kernel.k4)(wr, [a(i), a(i + 1), a(i + 2), a(i + 3)], &mut o);
+                    for (j, v) in o.into_iter().enumerate() {
+                        put(i + j, row, v);
+                    }
+                    i += 4;
+                }
+                if i + 2 <= m {
+                    let mut o = [0f32; 2];
+                    (kernel.k2)(wr, [a(i), a(i + 1)], &mut o);
+                    put(i, row, o[0]);
+                    put(i + 1, row, o[1]);
+                    i += 2;
+                }
+                if i < m {
+                    let mut o = [0f32; 1];
+                    (kernel.k1)(wr, [a(i)], &mut o);
+                    put(i, row, o[0]);
+                }
+            }
+        }
+    };
+    if tiles <= 1 {
+        work(0..tiles);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(tiles, work);
+    }
+}
+
+impl CustomOp1 for &QWeight {
+    fn name(&self) -> &'static str {
+        "pathos-qmatmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        if k != self.k {
+            candle_core::bail!("qmatmul: input width {k}, weight takes {}", self.k)
+        }
+        let x = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("qmatmul: needs contiguous f32 input"),
+        };
+        let m = x.len() / k.max(1);
+        let mut dst = vec![0f32; m * self.n];
+        self.matmul(x, m, &mut dst);
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.n;
+        }
+        Ok((CpuStorage::F32(dst), Shape::from(out_dims)))
+    }
+}
+
+/// A linear layer without bias: pathos's own kernels where they apply, candle's
+/// otherwise.
+pub enum Linear {
+    Own(QWeight),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    /// Wraps `t`, choosing pathos's kernels for the types and device they cover.
+    pub fn new(t: QTensor, device: &Device) -> candle_core::Result<Self> {
+        if device.is_cpu()
+            && kernels() != Kernels::Candle
+            && let Some(w) = QWeight::from_qtensor(&t)
+        {
+            return Ok(Self::Own(w));
+        }
+        Ok(Self::Candle(QMatMul::from_qtensor(t)?))
+    }
+
+    /// Wraps a tensor shared with another user (tied embeddings).
+    pub fn shared(t: std::sync::Arc<QTensor>, device: &Device) -> candle_core::Result<Self> {
+        if device.is_cpu()
+            && kernels() != Kernels::Candle
+            && let Some(w) = QWeight::from_qtensor(&t)
+        {
+            return Ok(Self::Own(w));
+        }
+        Ok(Self::Candle(QMatMul::from_arc(t)?))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Own(w) => x.contiguous()?.apply_op1_no_bwd(&w),
+            Self::Candle(m) => m.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn reference(t: &QTensor, x: &Tensor) -> Vec<f32> {
+        let w = t.dequantize(&Device::Cpu).unwrap();
+        x.matmul(&w.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn check(dtype: GgmlDType) {
+        let dev = Device::Cpu;
+        let (n, k) = (37, 256);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let t = QTensor::quantize(&w, dtype).unwrap();
+        let q = QWeight::from_qtensor(&t).expect("supported type");
+        for m in [1usize, 2, 3, 4, 5, 7, 9] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let want = reference(&t, &x);
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let mut got = vec![0f32; m * n];
+            q.matmul(&xs, m, &mut got);
+            let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            for (g, w) in got.iter().zip(&want) {
+                // Activations are quantized to 8 bits: errors of ~1% of the largest output.
+                assert!((g - w).abs() <= 0.02 * scale, "{dtype:?} m={m}: {g} vs {w}");
+            }
+            // Scalar and SIMD kernels agree to float rounding.
+            let mut acts = vec![ActBlock::ZERO; m * k / QK];
+            for (r, o) in xs.chunks_exact(k).zip(acts.chunks_exact_mut(k / QK)) {
+                blocks::quantize_row(r, o);
+            }
+            for i in 0..m {
+                let a = &acts[i * k / QK..(i + 1) * k / QK];
+                for row in 0..n {
+                    let s = match &q.blocks {
+                        Blocks::Q4_0(b) => BlockQ4_0::dot_scalar(&b[row * 8..(row + 1) * 8], a),
+                        Blocks::Q4_1(b) => BlockQ4_1::dot_scalar(&b[row * 8..(row + 1) * 8], a),
+                        Blocks::Q5_0(b) => BlockQ5_0::dot_scalar(&b[row * 8..(row + 1) * 8], a),
+                        Blocks::Q8_0(b) => BlockQ8_0::dot_scalar(&b[row * 8..(row + 1) * 8], a),
+                    };
+                    let g = got[i * n + row];
+                    assert!(
+                        (s - g).abs() <= 1e-3 * (1.0 + s.abs()),
+                        "{dtype:?}: {s} vs {g}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_matches_dequantized_reference() {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+        ] {
+            check(dtype);
+        }
+    }
+
+    #[test]
+    fn dequantize_matches_candle() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (4, 64), &dev).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+        ] {
+            let t = QTensor::quantize(&w, dtype).unwrap();
+            let want: Vec<f32> = t
+                .dequantize(&dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let q = QWeight::from_qtensor(&t).unwrap();
+            let got: Vec<f32> = match &q.blocks {
+                Blocks::Q4_0(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+                Blocks::Q4_1(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+                Blocks::Q5_0(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+                Blocks::Q8_0(b) => b.iter().flat_map(|b| b.dequantize()).collect(),
+            };
+            assert_eq!(got, want, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn other_types_are_left_to_candle() {
+        let w = Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap();
+        let t = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        assert!(QWeight::from_qtensor(&t).is_none());
+    }
+}
