@@ -4,6 +4,13 @@
 //! N tokens one at a time from an empty sequence. Each test runs once to warm up, then
 //! `repetitions` times; the report gives tokens per second as mean ± standard deviation,
 //! with llama-bench's column names, so the two tables can be read side by side.
+//!
+//! `tg N xA` decodes A sequences together (a debate's agents), each with its own cache,
+//! one token of each per step over one copy of the weights; its t/s is the aggregate and
+//! `ms_per_step` the latency each sequence sees. `prefix P xA` processes A prompts that
+//! share a P-token prefix, once computing the prefix for each and once computing it for
+//! one sequence and copying it to the others, as the local backend does for a debate
+//! round. Every row carries the process's peak resident memory so far.
 
 use std::time::Instant;
 
@@ -11,6 +18,7 @@ use serde::Serialize;
 
 use crate::engine::Result;
 use crate::engine::arch::transformer::Logits;
+use crate::engine::kv_cache::KvCache;
 use crate::engine::model::Model;
 use crate::engine::sampler::argmax;
 
@@ -31,6 +39,15 @@ pub struct BenchRow {
     pub stddev_ts: f64,
     /// Each repetition's tokens per second.
     pub samples_ts: Vec<f64>,
+    /// Sequences decoded together (1 for the single-stream tests).
+    pub agents: usize,
+    /// Milliseconds per step as one sequence sees it (tg tests), or for the whole test.
+    pub ms_per_step: f64,
+    /// Peak resident memory of the process when the row finished, in MiB (0 where the
+    /// system does not say).
+    pub peak_rss_mib: f64,
+    /// Bytes one sequence's KV cache holds at the end of the test, in MiB.
+    pub kv_mib: f64,
 }
 
 /// What to run.
@@ -41,6 +58,23 @@ pub struct BenchOptions {
     pub repetitions: usize,
     pub threads: usize,
     pub backend: String,
+    /// Agent counts for `tg N xA` (empty: none beyond the single-stream test).
+    pub agents: Vec<usize>,
+    /// Shared prefix length for the `prefix P xA` test (0 skips it); A is the largest of
+    /// `agents`, or 4.
+    pub shared_prefix: usize,
+}
+
+/// Peak resident set size of this process in MiB, from `/proc/self/status` (`VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Deterministic pseudo-random prompt tokens (llama-bench also uses random tokens).
@@ -56,7 +90,7 @@ fn prompt_tokens(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn run_pp(model: &Model, n: usize) -> Result<f64> {
+fn run_pp(model: &Model, n: usize) -> Result<Sample> {
     let vocab = model.tokenizer.vocab_size();
     let tokens = prompt_tokens(n, vocab);
     let mut s = model.new_session()?;
@@ -64,10 +98,23 @@ fn run_pp(model: &Model, n: usize) -> Result<f64> {
     model
         .transformer
         .forward(&tokens, &mut s.cache, Logits::Last)?;
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Sample {
+        ts: n as f64 / secs,
+        ms: secs * 1000.0,
+        kv: s.cache.used_bytes(),
+    })
 }
 
-fn run_tg(model: &Model, n: usize) -> Result<f64> {
+/// What one repetition measured: tokens per second, milliseconds per step and the KV
+/// cache size of one sequence at the end.
+struct Sample {
+    ts: f64,
+    ms: f64,
+    kv: usize,
+}
+
+fn run_tg(model: &Model, n: usize) -> Result<Sample> {
     let mut s = model.new_session()?;
     let mut next = model.tokenizer.token_id("<|im_start|>").unwrap_or(1);
     let t = Instant::now();
@@ -77,7 +124,89 @@ fn run_tg(model: &Model, n: usize) -> Result<f64> {
             .forward(&[next], &mut s.cache, Logits::Last)?;
         next = argmax(&l.squeeze(0)?.to_vec1::<f32>()?);
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Sample {
+        ts: n as f64 / secs,
+        ms: secs * 1000.0 / n as f64,
+        kv: s.cache.used_bytes(),
+    })
+}
+
+/// `agents` sequences, each started from a different token, decode `n` tokens each in
+/// lock step.
+fn run_agents(model: &Model, n: usize, agents: usize) -> Result<Sample> {
+    let vocab = model.tokenizer.vocab_size();
+    let mut sessions = (0..agents)
+        .map(|_| model.new_session())
+        .collect::<Result<Vec<_>>>()?;
+    let mut next: Vec<[u32; 1]> = prompt_tokens(agents, vocab)
+        .into_iter()
+        .map(|t| [t])
+        .collect();
+    let t = Instant::now();
+    for _ in 0..n {
+        let mut batch: Vec<(&[u32], &mut KvCache)> = next
+            .iter()
+            .zip(sessions.iter_mut())
+            .map(|(tok, s)| (tok.as_slice(), &mut s.cache))
+            .collect();
+        let logits = model
+            .transformer
+            .forward_batch(&mut batch)?
+            .to_vec2::<f32>()?;
+        for (tok, row) in next.iter_mut().zip(&logits) {
+            tok[0] = argmax(row);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Sample {
+        ts: (n * agents) as f64 / secs,
+        ms: secs * 1000.0 / n as f64,
+        kv: sessions[0].cache.used_bytes(),
+    })
+}
+
+/// `agents` prompts of a shared `prefix` tokens plus 16 tokens of their own, processed as
+/// one batch; with `share`, the prefix is computed once and copied to the others.
+fn run_prefix(model: &Model, prefix: usize, agents: usize, share: bool) -> Result<Sample> {
+    const OWN: usize = 16;
+    let vocab = model.tokenizer.vocab_size();
+    let all = prompt_tokens(prefix + OWN * agents, vocab);
+    let prompts: Vec<Vec<u32>> = (0..agents)
+        .map(|a| {
+            let mut p = all[..prefix].to_vec();
+            p.extend_from_slice(&all[prefix + a * OWN..prefix + (a + 1) * OWN]);
+            p
+        })
+        .collect();
+    let mut sessions = (0..agents)
+        .map(|_| model.new_session())
+        .collect::<Result<Vec<_>>>()?;
+    let t = Instant::now();
+    let start = if share && prefix > 0 {
+        let (first, rest) = sessions.split_first_mut().expect("at least one agent");
+        model
+            .transformer
+            .forward(&prompts[0][..prefix], &mut first.cache, Logits::Last)?;
+        for s in rest {
+            s.cache.copy_prefix(&first.cache, prefix)?;
+        }
+        prefix
+    } else {
+        0
+    };
+    let mut batch: Vec<(&[u32], &mut KvCache)> = prompts
+        .iter()
+        .zip(sessions.iter_mut())
+        .map(|(p, s)| (&p[start..], &mut s.cache))
+        .collect();
+    model.transformer.forward_batch(&mut batch)?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Sample {
+        ts: ((prefix + OWN) * agents) as f64 / secs,
+        ms: secs * 1000.0,
+        kv: sessions[0].cache.used_bytes(),
+    })
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -91,51 +220,110 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Runs the pp and tg tests (either may be 0 to skip it).
+/// One test, run once per call.
+type Test<'a> = Box<dyn Fn() -> Result<Sample> + 'a>;
+
+/// Runs the pp and tg tests (either may be 0 to skip it), then the agent and shared
+/// prefix tests asked for.
 pub fn run(
     model: &Model,
     opts: &BenchOptions,
     on_progress: &mut dyn FnMut(),
 ) -> Result<Vec<BenchRow>> {
-    let mut rows = Vec::new();
-    type Test = fn(&Model, usize) -> Result<f64>;
-    let tests: [(&str, usize, Test); 2] =
-        [("pp", opts.n_prompt, run_pp), ("tg", opts.n_gen, run_tg)];
-    for (name, n, f) in tests {
-        if n == 0 {
-            continue;
+    let mut tests: Vec<(String, usize, usize, Test<'_>)> = Vec::new();
+    let (np, ng) = (opts.n_prompt, opts.n_gen);
+    if np > 0 {
+        tests.push((
+            format!("pp{np}"),
+            np,
+            1,
+            Box::new(move || run_pp(model, np)),
+        ));
+    }
+    if ng > 0 {
+        tests.push((
+            format!("tg{ng}"),
+            ng,
+            1,
+            Box::new(move || run_tg(model, ng)),
+        ));
+        for &a in opts.agents.iter().filter(|&&a| a > 1) {
+            tests.push((
+                format!("tg{ng} x{a}"),
+                ng,
+                a,
+                Box::new(move || run_agents(model, ng, a)),
+            ));
         }
-        f(model, n)?; // warm-up
+    }
+    if opts.shared_prefix > 0 {
+        let p = opts.shared_prefix;
+        let a = opts
+            .agents
+            .iter()
+            .copied()
+            .max()
+            .filter(|&a| a > 1)
+            .unwrap_or(4);
+        for share in [false, true] {
+            let how = if share { "shared" } else { "each" };
+            tests.push((
+                format!("prefix{p} x{a} {how}"),
+                p,
+                a,
+                Box::new(move || run_prefix(model, p, a, share)),
+            ));
+        }
+    }
+    let mut rows = Vec::new();
+    for (test, n, agents, f) in tests {
+        f()?; // warm-up
         let mut samples = Vec::with_capacity(opts.repetitions);
         for _ in 0..opts.repetitions.max(1) {
-            samples.push(f(model, n)?);
+            samples.push(f()?);
             on_progress();
         }
-        let (avg, sd) = mean_std(&samples);
+        let ts: Vec<f64> = samples.iter().map(|s| s.ts).collect();
+        let (avg, sd) = mean_std(&ts);
+        let ms = samples.iter().map(|s| s.ms).sum::<f64>() / samples.len() as f64;
         rows.push(BenchRow {
             model: format!("{} {}", model.info.architecture, model.name),
             size: model.info.file_size,
             params: model.info.parameters,
             backend: opts.backend.clone(),
             threads: opts.threads,
-            test: format!("{name}{n}"),
+            test,
             n_tokens: n,
             avg_ts: avg,
             stddev_ts: sd,
-            samples_ts: samples,
+            samples_ts: ts,
+            agents,
+            ms_per_step: ms,
+            peak_rss_mib: peak_rss_mib(),
+            kv_mib: samples.last().map_or(0, |s| s.kv) as f64 / (1024.0 * 1024.0),
         });
     }
     Ok(rows)
 }
 
+/// How many tests `run` will run, times the repetitions (for a progress bar).
+pub fn count(opts: &BenchOptions) -> usize {
+    let tg = usize::from(opts.n_gen > 0);
+    let tests = usize::from(opts.n_prompt > 0)
+        + tg
+        + tg * opts.agents.iter().filter(|&&a| a > 1).count()
+        + 2 * usize::from(opts.shared_prefix > 0);
+    tests * opts.repetitions.max(1)
+}
+
 /// The report as a markdown table with llama-bench's columns.
 pub fn markdown(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| model | size | params | backend | threads | test | t/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |\n",
+        "| model | size | params | backend | threads | test | t/s | ms | peak RSS |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |\n",
+            "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} | {:.1} | {:.0} MiB |\n",
             r.model,
             r.size as f64 / (1024.0 * 1024.0),
             r.params as f64 / 1e6,
@@ -143,7 +331,9 @@ pub fn markdown(rows: &[BenchRow]) -> String {
             r.threads,
             r.test,
             r.avg_ts,
-            r.stddev_ts
+            r.stddev_ts,
+            r.ms_per_step,
+            r.peak_rss_mib
         ));
     }
     out

@@ -3,22 +3,109 @@
 //! Each model keeps a small pool of sessions (KV caches). A request goes to the session
 //! whose cached tokens share the longest prefix with its prompt, so an agent that comes
 //! back with a longer version of its last prompt (a debate's next round, the next
-//! spectrum of a detection over the same text) only pays for the new tokens. Requests
-//! run one after another in the order given, which keeps results reproducible: the same
-//! calls with the same seeds give the same bytes.
+//! spectrum of a detection over the same text) only pays for the new tokens. The
+//! requests of one `chat` call for one model decode together as a batch (one pass over
+//! the weights per step for all of them), and a prompt prefix shared by several of them
+//! is computed once. Batches are formed in request order, so the same calls with the
+//! same seeds give the same bytes.
 
 use std::sync::Mutex;
 use std::time::Instant;
 
 use super::{Backend, ChatRequest, Completion, Prompt, ScoreRequest, Scores};
-use crate::engine::generate::{GenerateRequest, generate};
+use crate::engine::generate::{GenerateRequest, Job, generate_batch};
 use crate::engine::model::{Model, Session};
 use crate::engine::score::score_options;
 use crate::engine::{Error, Result};
 
 /// Sessions kept per model: enough for the writers and critics of a default debate to
 /// each find their own history again.
-const POOL_SIZE: usize = 4;
+const POOL_SIZE: usize = 8;
+
+/// Sequences decoded together at most; more requests wait for the next batch.
+const MAX_BATCH: usize = 8;
+
+/// A shared prefix shorter than this is recomputed rather than copied.
+const MIN_SHARED: usize = 16;
+
+fn shared_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Gives each session the longest prefix of its prompt that an earlier prompt of the
+/// batch shares, when that beats what the session already holds: the earlier ("leader")
+/// session computes the prefix once, the others copy it.
+///
+/// Returns, per session, how many prompt tokens it computed here and in how many
+/// milliseconds, so they are not reported as found in a cache.
+fn share_prefixes(
+    model: &Model,
+    sessions: &mut [Session],
+    prompts: &[Vec<u32>],
+) -> Result<Vec<(usize, f64)>> {
+    let mut computed = vec![(0usize, 0f64); prompts.len()];
+    // (follower, leader, shared length)
+    let mut plan = Vec::new();
+    for i in 1..prompts.len() {
+        let own = shared_prefix(sessions[i].tokens(), &prompts[i]);
+        let best = (0..i)
+            .filter(|&j| !plan.iter().any(|&(f, _, _)| f == j))
+            .map(|j| {
+                (
+                    j,
+                    shared_prefix(&prompts[j], &prompts[i]).min(prompts[i].len() - 1),
+                )
+            })
+            .max_by_key(|&(j, n)| (n, std::cmp::Reverse(j)));
+        if let Some((j, n)) = best
+            && n >= own + MIN_SHARED
+        {
+            plan.push((i, j, n));
+        }
+    }
+    if plan.is_empty() {
+        return Ok(computed);
+    }
+    // Leaders compute the longest prefix any follower needs, as one batch.
+    let mut need: Vec<usize> = vec![0; prompts.len()];
+    for &(_, j, n) in &plan {
+        need[j] = need[j].max(n);
+    }
+    let mut starts = Vec::new();
+    for (j, &n) in need.iter().enumerate() {
+        if n > 0 {
+            let cached = shared_prefix(sessions[j].tokens(), &prompts[j][..n]);
+            sessions[j].truncate(cached);
+            if cached < n {
+                starts.push((j, cached));
+            }
+        }
+    }
+    if !starts.is_empty() {
+        let mut batch: Vec<(&[u32], &mut crate::engine::kv_cache::KvCache)> = Vec::new();
+        let mut rest: &mut [Session] = sessions;
+        let mut base = 0;
+        for &(j, cached) in &starts {
+            let (_, tail) = rest.split_at_mut(j - base);
+            let (s, tail) = tail.split_first_mut().expect("leader index in range");
+            batch.push((&prompts[j][cached..need[j]], s.cache_mut()));
+            rest = tail;
+            base = j + 1;
+        }
+        let t0 = std::time::Instant::now();
+        model.transformer.forward_batch(&mut batch)?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        for &(j, cached) in &starts {
+            sessions[j].set_tokens(&prompts[j][..need[j]]);
+            computed[j] = (need[j] - cached, ms);
+        }
+    }
+    for &(i, j, n) in &plan {
+        let (a, b) = sessions.split_at_mut(i);
+        b[0].copy_prefix(&a[j], n)?;
+    }
+    Ok(computed)
+}
 
 struct Served {
     name: String,
@@ -69,6 +156,89 @@ impl LocalBackend {
             })
     }
 
+    /// Takes the pooled session best placed for `tokens` out of the pool (a new one when
+    /// none shares anything and the pool has room to grow).
+    fn take_session(
+        &self,
+        served: &Served,
+        pool: &mut Vec<Session>,
+        tokens: &[u32],
+    ) -> Result<Session> {
+        let best = (0..pool.len()).max_by_key(|&i| (shared_prefix(pool[i].tokens(), tokens), i));
+        Ok(match best {
+            Some(i) if shared_prefix(pool[i].tokens(), tokens) > 0 || pool.len() >= POOL_SIZE => {
+                // With nothing shared anywhere, the least recently used one is recycled.
+                let i = if shared_prefix(pool[i].tokens(), tokens) > 0 {
+                    i
+                } else {
+                    0
+                };
+                pool.remove(i)
+            }
+            _ => served.model.new_session()?,
+        })
+    }
+
+    /// Decodes requests for one model as one batch. A request whose prompt shares a long
+    /// prefix with an earlier request's (a debate's agents: same instructions, rubric and
+    /// source) gets that prefix's keys and values copied from the earlier one's session
+    /// instead of computing them again.
+    fn chat_batch(&self, served: &Served, reqs: &[&ChatRequest]) -> Result<Vec<Completion>> {
+        let model = &served.model;
+        let prompts = reqs
+            .iter()
+            .map(|r| model.encode_chat(&r.prompt.messages, &r.prompt.prefix))
+            .collect::<Result<Vec<_>>>()?;
+        let mut sessions = {
+            let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());
+            prompts
+                .iter()
+                .map(|p| self.take_session(served, &mut pool, p))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let result = share_prefixes(model, &mut sessions, &prompts).and_then(|computed| {
+            let greqs: Vec<GenerateRequest> = reqs
+                .iter()
+                .zip(&prompts)
+                .map(|(r, p)| GenerateRequest {
+                    prompt: p.clone(),
+                    sampling: r.sampling.clone(),
+                    max_tokens: r.max_tokens,
+                    stop: r.stop.clone(),
+                    constraint: r.constraint.clone(),
+                })
+                .collect();
+            let mut sinks: Vec<fn(&str) -> bool> = vec![|_| true; reqs.len()];
+            let mut jobs: Vec<Job<'_>> = sessions
+                .iter_mut()
+                .zip(&greqs)
+                .zip(sinks.iter_mut())
+                .map(|((session, req), sink)| Job { session, req, sink })
+                .collect();
+            Ok((generate_batch(model, &mut jobs)?, computed))
+        });
+        {
+            let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.extend(sessions);
+            let excess = pool.len().saturating_sub(POOL_SIZE);
+            pool.drain(..excess);
+        }
+        let (gens, computed) = result?;
+        Ok(gens
+            .into_iter()
+            .zip(computed)
+            .map(|(g, (tokens, ms))| Completion {
+                text: g.text,
+                finish_reason: g.finish_reason,
+                prompt_tokens: g.timings.prompt_tokens,
+                cached_tokens: g.timings.cached_tokens.saturating_sub(tokens),
+                generated_tokens: g.timings.generated_tokens,
+                prompt_ms: g.timings.prompt_ms + ms,
+                generation_ms: g.timings.generation_ms,
+            })
+            .collect())
+    }
+
     /// Runs `f` on the pooled session best placed for `tokens`, then returns it to the
     /// pool as the most recently used.
     fn with_session<T>(
@@ -78,22 +248,7 @@ impl LocalBackend {
         f: impl FnOnce(&mut Session) -> Result<T>,
     ) -> Result<T> {
         let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let shared = |s: &Session| {
-            s.tokens()
-                .iter()
-                .zip(tokens)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
-        let best = (0..pool.len()).max_by_key(|&i| (shared(&pool[i]), i));
-        let mut session = match best {
-            Some(i) if shared(&pool[i]) > 0 || pool.len() >= POOL_SIZE => {
-                // With nothing shared anywhere, the least recently used one is recycled.
-                let i = if shared(&pool[i]) > 0 { i } else { 0 };
-                pool.remove(i)
-            }
-            _ => served.model.new_session()?,
-        };
+        let mut session = self.take_session(served, &mut pool, tokens)?;
         let out = f(&mut session);
         pool.push(session);
         out
@@ -106,32 +261,31 @@ impl Backend for LocalBackend {
     }
 
     fn chat(&self, requests: &[ChatRequest]) -> Result<Vec<Completion>> {
-        let mut out = Vec::with_capacity(requests.len());
-        for req in requests {
-            let served = self.served(&req.model)?;
-            let model = &served.model;
-            let tokens = model.encode_chat(&req.prompt.messages, &req.prompt.prefix)?;
-            let g = self.with_session(served, &tokens, |session| {
-                let greq = GenerateRequest {
-                    prompt: tokens.clone(),
-                    sampling: req.sampling.clone(),
-                    max_tokens: req.max_tokens,
-                    stop: req.stop.clone(),
-                    constraint: req.constraint.clone(),
-                };
-                generate(model, session, &greq, &mut |_: &str| true)
-            })?;
-            out.push(Completion {
-                text: g.text,
-                finish_reason: g.finish_reason,
-                prompt_tokens: g.timings.prompt_tokens,
-                cached_tokens: g.timings.cached_tokens,
-                generated_tokens: g.timings.generated_tokens,
-                prompt_ms: g.timings.prompt_ms,
-                generation_ms: g.timings.generation_ms,
-            });
+        let mut out: Vec<Option<Completion>> = vec![None; requests.len()];
+        // Requests for one model decode together; models take turns in order of first
+        // appearance.
+        let mut order: Vec<&str> = Vec::new();
+        for r in requests {
+            if !order.contains(&r.model.as_str()) {
+                order.push(&r.model);
+            }
         }
-        Ok(out)
+        for name in order {
+            let served = self.served(name)?;
+            let idx: Vec<usize> = (0..requests.len())
+                .filter(|&i| requests[i].model == name)
+                .collect();
+            for chunk in idx.chunks(MAX_BATCH) {
+                let reqs: Vec<&ChatRequest> = chunk.iter().map(|&i| &requests[i]).collect();
+                for (i, c) in chunk.iter().zip(self.chat_batch(served, &reqs)?) {
+                    out[*i] = Some(c);
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|c| c.expect("every request answered"))
+            .collect())
     }
 
     fn score(&self, req: &ScoreRequest) -> Result<Scores> {

@@ -21,6 +21,14 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub repetitions: usize,
+    /// Also decode this many sequences together (comma-separated, e.g. 2,4,8): the
+    /// aggregate t/s of a debate's agents sharing one copy of the weights.
+    #[arg(long, value_delimiter = ',')]
+    pub agents: Vec<usize>,
+    /// Also time prompts sharing a prefix of this many tokens, computed per agent and
+    /// computed once then copied (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub shared_prefix: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -35,9 +43,10 @@ pub fn run(args: BenchArgs, offline: bool, threads: Option<usize>) -> anyhow::Re
         repetitions: args.repetitions,
         threads,
         backend: backend_name(model.transformer.device()).to_string(),
+        agents: args.agents,
+        shared_prefix: args.shared_prefix,
     };
-    let total =
-        (usize::from(opts.n_prompt > 0) + usize::from(opts.n_gen > 0)) * opts.repetitions.max(1);
+    let total = pathos::bench::count(&opts);
     let bar = pathos::engine::fetch::progress_bar(
         true,
         total as u64,

@@ -156,6 +156,34 @@ impl Session {
         self.tokens.clear();
     }
 
+    /// Forgets everything after `len` tokens.
+    pub fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.tokens.truncate(len);
+    }
+
+    /// The cache, for running tokens through the model directly; record them with
+    /// [`Session::set_tokens`] afterwards.
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
+    /// Records which tokens the cache now holds.
+    pub fn set_tokens(&mut self, tokens: &[u32]) {
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+    }
+
+    /// Makes this session hold the first `n` tokens of `other`, copying their keys and
+    /// values instead of computing them again.
+    pub fn copy_prefix(&mut self, other: &Session, n: usize) -> Result<()> {
+        let n = n.min(other.tokens.len());
+        self.cache.copy_prefix(&other.cache, n)?;
+        self.tokens.clear();
+        self.tokens.extend_from_slice(&other.tokens[..n]);
+        Ok(())
+    }
+
     /// Keeps the longest cached prefix shared with `prompt` and returns its length, so a
     /// follow-up turn only processes what is new.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {

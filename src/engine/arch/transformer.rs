@@ -199,15 +199,52 @@ impl Transformer {
     /// Runs `tokens` (the continuation of the sequence in `cache`) through the model and
     /// returns logits `[n, vocab]` for the last position or for all of them.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        let t = tokens.len();
-        if t == 0 {
-            return Err(Error::InvalidSampling("no tokens to process".into()));
+        let x = self.hidden(&mut [(tokens, cache)])?;
+        let x = match logits {
+            Logits::Last => x.narrow(0, tokens.len() - 1, 1)?,
+            Logits::All => x,
+        };
+        self.logits(&x)
+    }
+
+    /// Runs several sequences' continuations as one batch and returns the logits of each
+    /// one's last position, `[sequences, vocab]` in the order given. Every weight matrix
+    /// is read once per call for all of them; attention stays per sequence, over its own
+    /// cache. A row's result does not depend on what else is in the batch for the weight
+    /// types pathos multiplies itself.
+    pub fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
+        let x = self.hidden(seqs)?;
+        let mut last = Vec::with_capacity(seqs.len());
+        let mut end = 0u32;
+        for (tokens, _) in seqs.iter() {
+            end += tokens.len() as u32;
+            last.push(end - 1);
         }
-        cache.check_room(t)?;
-        let pos = cache.len();
+        let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
+        self.logits(&x)
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = candle_nn::ops::rms_norm(x, &self.out_norm, self.cfg.rms_eps as f32)?;
+        Ok(self.output.forward(&x)?)
+    }
+
+    /// The final hidden states `[Σ tokens, n_embd]` of every sequence's new tokens,
+    /// sequences one after another; each cache takes its new keys and values.
+    fn hidden(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
+        let mut all = Vec::new();
+        let mut spans = Vec::with_capacity(seqs.len());
+        for (tokens, cache) in seqs.iter() {
+            if tokens.is_empty() {
+                return Err(Error::InvalidSampling("no tokens to process".into()));
+            }
+            cache.check_room(tokens.len())?;
+            spans.push((all.len(), tokens.len(), cache.len()));
+            all.extend_from_slice(tokens);
+        }
         let mut x = match (&self.embed, &self.output) {
-            (Some(table), _) => table.embedding(&Tensor::new(tokens, &self.device)?)?,
-            (None, Linear::Own(w)) => w.rows_of(tokens, &self.device)?,
+            (Some(table), _) => table.embedding(&Tensor::new(all.as_slice(), &self.device)?)?,
+            (None, Linear::Own(w)) => w.rows_of(&all, &self.device)?,
             (None, Linear::Candle(_)) => {
                 return Err(candle_core::Error::Msg("no token embedding table".into()).into());
             }
@@ -216,35 +253,35 @@ impl Transformer {
             x = (x * (self.cfg.n_embd as f64).sqrt())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.block(layer, i, &x, pos, cache)?;
+            x = self.block(layer, i, &x, &spans, seqs)?;
         }
-        cache.advance(t);
-        let x = match logits {
-            Logits::Last => x.narrow(0, t - 1, 1)?,
-            Logits::All => x,
-        };
-        let x = candle_nn::ops::rms_norm(&x, &self.out_norm, self.cfg.rms_eps as f32)?;
-        Ok(self.output.forward(&x)?)
+        for ((tokens, cache), _) in seqs.iter_mut().zip(&spans) {
+            cache.advance(tokens.len());
+        }
+        Ok(x)
     }
 
+    /// One transformer block over the rows of every sequence: projections and the
+    /// feed-forward on all rows at once, attention per sequence (`spans`: first row,
+    /// row count, position of the first row).
     fn block(
         &self,
         l: &Layer,
         li: usize,
         x: &Tensor,
-        pos: usize,
-        cache: &mut KvCache,
+        spans: &[(usize, usize, usize)],
+        seqs: &mut [(&[u32], &mut KvCache)],
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let eps = c.rms_eps as f32;
-        let t = x.dim(0)?;
+        let rows = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &l.attn_norm, eps)?;
         let proj = |w: &Linear, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
             let mut y = w.forward(&h)?;
             if let Some(b) = b {
                 y = y.broadcast_add(b)?;
             }
-            Ok(y.reshape((t, heads, c.head_dim))?)
+            Ok(y.reshape((rows, heads, c.head_dim))?)
         };
         let mut q = proj(&l.wq, &l.bq, c.n_head)?;
         let mut k = proj(&l.wk, &l.bk, c.n_head_kv)?;
@@ -255,6 +292,49 @@ impl Transformer {
         if let Some(n) = &l.k_norm {
             k = candle_nn::ops::rms_norm(&k, n, eps)?;
         }
+        let mut outs = Vec::with_capacity(spans.len());
+        for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
+            let one = |a: &Tensor| a.narrow(0, first, t);
+            outs.push(self.attention(l, li, &one(&q)?, &one(&k)?, &one(&v)?, pos, cache)?);
+        }
+        let o = if outs.len() == 1 {
+            outs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        let mut o = l.wo.forward(&o)?;
+        if let Some(n) = &l.post_attn_norm {
+            o = candle_nn::ops::rms_norm(&o, n, eps)?;
+        }
+        let x = (x + o)?;
+        let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
+        let gate = l.w_gate.forward(&h)?;
+        let gate = match c.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let mut f = l.w_down.forward(&(gate * l.w_up.forward(&h)?)?)?;
+        if let Some(n) = &l.post_ffn_norm {
+            f = candle_nn::ops::rms_norm(&f, n, eps)?;
+        }
+        Ok((x + f)?)
+    }
+
+    /// Attention of one sequence's `t` new rows (`q`, `k`, `v`: `[t, heads, head_dim]`,
+    /// positions `pos..pos + t`) over its cache; returns `[t, n_head * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        l: &Layer,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let t = q.dim(0)?;
         // [t, heads, d] -> [1, heads, t, d] for the RoPE kernels.
         let q = q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         let k = k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
@@ -288,26 +368,9 @@ impl Transformer {
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let o = att.matmul(&v_all)?; // [n_kv_head, rep * t, d]
-        let o = o
-            .reshape((c.n_head, t, c.head_dim))?
+        Ok(o.reshape((c.n_head, t, c.head_dim))?
             .transpose(0, 1)?
-            .reshape((t, c.n_head * c.head_dim))?;
-        let mut o = l.wo.forward(&o)?;
-        if let Some(n) = &l.post_attn_norm {
-            o = candle_nn::ops::rms_norm(&o, n, eps)?;
-        }
-        let x = (x + o)?;
-        let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-        let gate = l.w_gate.forward(&h)?;
-        let gate = match c.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-        };
-        let mut f = l.w_down.forward(&(gate * l.w_up.forward(&h)?)?)?;
-        if let Some(n) = &l.post_ffn_norm {
-            f = candle_nn::ops::rms_norm(&f, n, eps)?;
-        }
-        Ok((x + f)?)
+            .reshape((t, c.n_head * c.head_dim))?)
     }
 }
 
