@@ -11,7 +11,7 @@ use super::{Activation, ArchConfig, RopeStyle};
 use crate::engine::error::{Error, Result};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv_cache::KvCache;
-use crate::engine::quant::Linear;
+use crate::engine::quant::{Linear, SharedInput};
 
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,8 +276,9 @@ impl Transformer {
         let eps = c.rms_eps as f32;
         let rows = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &l.attn_norm, eps)?;
+        let hs = SharedInput::new(&h);
         let proj = |w: &Linear, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
-            let mut y = w.forward(&h)?;
+            let mut y = w.forward_shared(&hs)?;
             if let Some(b) = b {
                 y = y.broadcast_add(b)?;
             }
@@ -308,12 +309,13 @@ impl Transformer {
         }
         let x = (x + o)?;
         let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-        let gate = l.w_gate.forward(&h)?;
+        let hs = SharedInput::new(&h);
+        let gate = l.w_gate.forward_shared(&hs)?;
         let gate = match c.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        let mut f = l.w_down.forward(&(gate * l.w_up.forward(&h)?)?)?;
+        let mut f = l.w_down.forward(&(gate * l.w_up.forward_shared(&hs)?)?)?;
         if let Some(n) = &l.post_ffn_norm {
             f = candle_nn::ops::rms_norm(&f, n, eps)?;
         }

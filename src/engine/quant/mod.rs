@@ -12,7 +12,7 @@ pub mod blocks;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::cell::RefCell;
+use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -126,27 +126,43 @@ impl QWeight {
     /// `dst[m, n] = x[m, k] · selfᵀ`.
     pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
         assert_eq!(x.len(), m * self.k, "activation shape");
+        self.matmul_quantized(&Activations::quantize(x, self.k), dst);
+    }
+
+    /// `dst[m, n] = acts[m, k] · selfᵀ` for activations already quantized (one input
+    /// feeding several weights, such as the query, key and value projections).
+    pub fn matmul_quantized(&self, acts: &Activations, dst: &mut [f32]) {
+        assert_eq!(acts.k, self.k, "activation width");
+        let m = acts.rows;
         assert_eq!(dst.len(), m * self.n, "output shape");
         let kb = self.k / QK;
-        thread_local! {
-            static ACTS: RefCell<Vec<ActBlock>> = const { RefCell::new(Vec::new()) };
+        let acts = &acts.blocks[..m * kb];
+        match &self.blocks {
+            Blocks::Q4_0(b) => run(b, self.n, kb, acts, m, dst, pick_q4_0()),
+            Blocks::Q4_1(b) => run(b, self.n, kb, acts, m, dst, pick_q4_1()),
+            Blocks::Q5_0(b) => run(b, self.n, kb, acts, m, dst, pick_q5_0()),
+            Blocks::Q8_0(b) => run(b, self.n, kb, acts, m, dst, pick_q8_0()),
         }
-        ACTS.with(|cell| {
-            let mut acts = cell.borrow_mut();
-            if acts.len() < m * kb {
-                acts.resize(m * kb, ActBlock::ZERO);
-            }
-            for (row, out) in x.chunks_exact(self.k).zip(acts.chunks_exact_mut(kb)) {
-                blocks::quantize_row(row, out);
-            }
-            let acts = &acts[..m * kb];
-            match &self.blocks {
-                Blocks::Q4_0(b) => run(b, self.n, kb, acts, m, dst, pick_q4_0()),
-                Blocks::Q4_1(b) => run(b, self.n, kb, acts, m, dst, pick_q4_1()),
-                Blocks::Q5_0(b) => run(b, self.n, kb, acts, m, dst, pick_q5_0()),
-                Blocks::Q8_0(b) => run(b, self.n, kb, acts, m, dst, pick_q8_0()),
-            }
-        })
+    }
+}
+
+/// Activation rows quantized to 8 bits, the form the kernels multiply.
+pub struct Activations {
+    rows: usize,
+    k: usize,
+    blocks: Vec<ActBlock>,
+}
+
+impl Activations {
+    /// Quantizes the rows of `x` (`k` values each; `k` a multiple of 32).
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        let kb = k / QK;
+        let rows = x.len() / k.max(1);
+        let mut blocks = vec![ActBlock::ZERO; rows * kb];
+        for (row, out) in x.chunks_exact(k).zip(blocks.chunks_exact_mut(kb)) {
+            blocks::quantize_row(row, out);
+        }
+        Self { rows, k, blocks }
     }
 }
 
@@ -313,6 +329,52 @@ impl Linear {
             return Ok(Self::Own(w));
         }
         Ok(Self::Candle(QMatMul::from_arc(t)?))
+    }
+}
+
+/// An input several [`Linear`] layers read (the normed hidden state feeds the query,
+/// key and value projections, then the gate and up projections): quantized once, on
+/// first use, for all of them.
+pub struct SharedInput<'a> {
+    x: &'a Tensor,
+    acts: OnceCell<candle_core::Result<Activations>>,
+}
+
+impl<'a> SharedInput<'a> {
+    pub fn new(x: &'a Tensor) -> Self {
+        Self {
+            x,
+            acts: OnceCell::new(),
+        }
+    }
+
+    fn activations(&self) -> candle_core::Result<&Activations> {
+        self.acts
+            .get_or_init(|| {
+                let (_, k) = self.x.dims2()?;
+                let v = self.x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Activations::quantize(&v, k))
+            })
+            .as_ref()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+impl Linear {
+    /// `x · Wᵀ` for an input shared with other layers (`[rows, k]`).
+    pub fn forward_shared(&self, input: &SharedInput<'_>) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Own(w) if input.x.dtype() == candle_core::DType::F32 && input.x.rank() == 2 => {
+                let acts = input.activations()?;
+                if acts.k != w.k {
+                    candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
+                }
+                let mut dst = vec![0f32; acts.rows * w.n];
+                w.matmul_quantized(acts, &mut dst);
+                Tensor::from_vec(dst, (acts.rows, w.n), input.x.device())
+            }
+            _ => self.forward(input.x),
+        }
     }
 }
 
