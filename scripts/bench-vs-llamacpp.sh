@@ -3,13 +3,16 @@
 # count, same machine, one invocation, runs interleaved (pathos, llama.cpp, pathos, …) so
 # that drift in machine load affects both. Also the peak RSS of a 64-token generation.
 #
-#   scripts/bench-vs-llamacpp.sh [-t THREADS] [-p 128] [-n 64] [-r 3] [--rounds 2] [MODEL...]
+#   scripts/bench-vs-llamacpp.sh [-t THREADS] [-p 128] [-n 64] [-r 3] [--rounds 2] [--json] [MODEL...]
 #
 # MODEL is a manifest name (default: all three). llama.cpp is built by build-llamacpp.sh
-# outside the repository. Prints a markdown table with pathos ÷ llama.cpp ratios.
+# outside the repository. Prints markdown tables: throughput with pathos ÷ llama.cpp
+# ratios, the agents' scaling (N sequences decoding together), peak RSS and start-up
+# time (a one-token generation, median of 5 after a warm-up); --json prints the same as
+# one JSON object.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-threads=2 pp=128 tg=64 reps=3 rounds=2 models=()
+threads=2 pp=128 tg=64 reps=3 rounds=2 json=0 models=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -t) threads="$2"; shift 2 ;;
@@ -17,6 +20,7 @@ while [[ $# -gt 0 ]]; do
     -n) tg="$2"; shift 2 ;;
     -r) reps="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --json) json=1; shift ;;
     *) models+=("$1"); shift ;;
   esac
 done
@@ -33,19 +37,32 @@ for m in "${models[@]}"; do
     "$pathos" bench -m "$file" -t "$threads" -p "$pp" -n "$tg" -r "$reps" --json > "$out/$m.pathos.$r.json"
     "$bin/llama-bench" -m "$file" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json > "$out/$m.llama.$r.json" 2>/dev/null
   done
+  "$pathos" bench -m "$file" -t "$threads" -p 0 -n "$tg" -r "$reps" --agents 2,4,8 --json \
+    > "$out/$m.agents.json"
+  for tool in pathos llama; do
+    for i in 0 1 2 3 4 5; do
+      t0=$(date +%s%N)
+      if [[ $tool == pathos ]]; then
+        "$pathos" generate -m "$file" -t "$threads" --temperature 0 -n 1 --raw "Hello" > /dev/null 2>&1
+      else
+        "$bin/llama-simple" -m "$file" -n 1 "Hello" > /dev/null 2>&1 || true
+      fi
+      t1=$(date +%s%N)
+      [[ $i -gt 0 ]] && echo $(( (t1 - t0) / 1000000 )) >> "$out/$m.$tool.startup"
+    done
+  done
   /usr/bin/time -v "$pathos" generate -m "$file" -t "$threads" --temperature 0 -n 64 --raw "Once upon a time" \
     > /dev/null 2> "$out/$m.pathos.time"
   /usr/bin/time -v "$bin/llama-simple" -m "$file" -n 64 "Once upon a time" \
     > /dev/null 2> "$out/$m.llama.time" || true
 done
-python3 - "$out" "${models[@]}" <<'PY'
+python3 - "$out" "$json" "${models[@]}" <<'PY'
 import json, re, statistics, sys
-out, models = sys.argv[1], sys.argv[2:]
+out, as_json, models = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+report = {"throughput": [], "agents": [], "rss_mib": [], "startup_ms": []}
 def rss(path):
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(path).read())
     return int(m.group(1)) / 1024 if m else float("nan")
-print("| model | test | pathos t/s | llama.cpp t/s | pathos ÷ llama.cpp |")
-print("| --- | --- | ---: | ---: | ---: |")
 import glob
 for m in models:
     p, l = {}, {}
@@ -61,11 +78,39 @@ for m in models:
         ma, mb = statistics.mean(a), statistics.mean(b)
         sa = statistics.stdev(a) if len(a) > 1 else 0
         sb = statistics.stdev(b) if len(b) > 1 else 0
-        print(f"| {m} | {test} | {ma:.1f} ± {sa:.1f} | {mb:.1f} ± {sb:.1f} | {ma / mb:.2f} |")
+        report["throughput"].append({"model": m, "test": test, "pathos": ma, "pathos_sd": sa,
+                                     "llama_cpp": mb, "llama_cpp_sd": sb, "ratio": ma / mb})
+    rows = json.load(open(f"{out}/{m}.agents.json"))
+    single = next((r["avg_ts"] for r in rows if r["agents"] == 1), float("nan"))
+    for r in rows:
+        report["agents"].append({"model": m, "agents": r["agents"], "aggregate_ts": r["avg_ts"],
+                                 "vs_n_single": r["avg_ts"] / (r["agents"] * single),
+                                 "ms_per_step": r["ms_per_step"], "peak_rss_mib": r["peak_rss_mib"],
+                                 "kv_mib_per_sequence": r["kv_mib"]})
+    report["rss_mib"].append({"model": m, "pathos": rss(f"{out}/{m}.pathos.time"),
+                              "llama_simple": rss(f"{out}/{m}.llama.time")})
+    med = lambda f: statistics.median(int(x) for x in open(f).read().split())
+    report["startup_ms"].append({"model": m, "pathos": med(f"{out}/{m}.pathos.startup"),
+                                 "llama_simple": med(f"{out}/{m}.llama.startup")})
+if as_json:
+    print(json.dumps(report, indent=2))
+    sys.exit(0)
+print("| model | test | pathos t/s | llama.cpp t/s | pathos ÷ llama.cpp |")
+print("| --- | --- | ---: | ---: | ---: |")
+for r in report["throughput"]:
+    print(f"| {r['model']} | {r['test']} | {r['pathos']:.1f} ± {r['pathos_sd']:.1f} | "
+          f"{r['llama_cpp']:.1f} ± {r['llama_cpp_sd']:.1f} | {r['ratio']:.2f} |")
 print()
-print("| model | peak RSS, 64-token generation: pathos | llama-simple |")
-print("| --- | ---: | ---: |")
-for m in models:
-    print(f"| {m} | {rss(f'{out}/{m}.pathos.time'):.0f} MiB | {rss(f'{out}/{m}.llama.time'):.0f} MiB |")
+print("| model | agents | aggregate t/s | ÷ (N × single) | ms per step | peak RSS | KV per sequence |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for r in report["agents"]:
+    print(f"| {r['model']} | {r['agents']} | {r['aggregate_ts']:.1f} | {r['vs_n_single']:.2f} | "
+          f"{r['ms_per_step']:.1f} | {r['peak_rss_mib']:.0f} MiB | {r['kv_mib_per_sequence']:.1f} MiB |")
+print()
+print("| model | peak RSS, 64-token generation: pathos | llama-simple | start-up, 1 token: pathos | llama-simple |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for r, s in zip(report["rss_mib"], report["startup_ms"]):
+    print(f"| {r['model']} | {r['pathos']:.0f} MiB | {r['llama_simple']:.0f} MiB | "
+          f"{s['pathos']:.0f} ms | {s['llama_simple']:.0f} ms |")
 PY
 rm -rf "$out"

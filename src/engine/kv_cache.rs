@@ -11,16 +11,21 @@ use super::error::{Error, Result};
 
 /// Keys and values of every layer for one sequence: `[n_head_kv, capacity, head_dim]`.
 ///
-/// On the CPU the cache holds f32, which attention reads in place: converting an f16
-/// cache back to f32 at every step cost 15% of a decode step. The allocation is zeroed
-/// memory the system maps lazily, so only the positions written take up RAM. Other
-/// devices keep f16 and convert on the device.
+/// On the CPU the cache is plain f32 buffers that attention reads in place (converting
+/// an f16 cache back to f32 at every step cost 15% of a decode step). The allocation is
+/// zeroed memory the system maps lazily, so only the positions written take up RAM.
+/// Other devices keep f16 tensors and convert on the device.
 pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    store: Store,
     len: usize,
     capacity: usize,
-    dtype: DType,
+    n_head_kv: usize,
+    head_dim: usize,
+}
+
+enum Store {
+    Host { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
+    Device { k: Vec<Tensor>, v: Vec<Tensor> },
 }
 
 /// Makes the C allocator give every allocation of 1 MiB or more fresh pages from the
@@ -51,25 +56,30 @@ impl KvCache {
         capacity: usize,
         device: &Device,
     ) -> Result<Self> {
-        let dtype = if device.is_cpu() {
+        let store = if device.is_cpu() {
             lazy_zero_pages();
-            DType::F32
+            let alloc = || vec![0f32; n_head_kv * capacity * head_dim];
+            Store::Host {
+                k: (0..n_layer).map(|_| alloc()).collect(),
+                v: (0..n_layer).map(|_| alloc()).collect(),
+            }
         } else {
-            DType::F16
+            let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), DType::F16, device);
+            Store::Device {
+                k: (0..n_layer)
+                    .map(|_| alloc())
+                    .collect::<candle_core::Result<_>>()?,
+                v: (0..n_layer)
+                    .map(|_| alloc())
+                    .collect::<candle_core::Result<_>>()?,
+            }
         };
-        let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), dtype, device);
-        let mut k = Vec::with_capacity(n_layer);
-        let mut v = Vec::with_capacity(n_layer);
-        for _ in 0..n_layer {
-            k.push(alloc()?);
-            v.push(alloc()?);
-        }
         Ok(Self {
-            k,
-            v,
+            store,
             len: 0,
             capacity,
-            dtype,
+            n_head_kv,
+            head_dim,
         })
     }
 
@@ -105,17 +115,68 @@ impl KvCache {
         Ok(())
     }
 
+    /// Whether the cache is plain memory that [`Self::write_host`] and
+    /// [`Self::host_layer`] reach (the CPU).
+    pub fn is_host(&self) -> bool {
+        matches!(self.store, Store::Host { .. })
+    }
+
+    /// Writes one position's keys and values of `layer` (`[n_head_kv * head_dim]` each)
+    /// at `pos`. Host caches only; `pos` must be below the capacity.
+    pub fn write_host(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let (cap, d) = (self.capacity, self.head_dim);
+        if let Store::Host { k: ks, v: vs } = &mut self.store {
+            for (dst, src) in [(&mut ks[layer], k), (&mut vs[layer], v)] {
+                for (g, head) in src.chunks_exact(d).enumerate() {
+                    let at = (g * cap + pos) * d;
+                    dst[at..at + d].copy_from_slice(head);
+                }
+            }
+        }
+    }
+
+    /// Keys and values of `layer`, `[n_head_kv, capacity, head_dim]` (host caches).
+    pub fn host_layer(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        match &self.store {
+            Store::Host { k, v } => Some((&k[layer], &v[layer])),
+            Store::Device { .. } => None,
+        }
+    }
+
     /// Writes layer `layer`'s new keys and values (`[n_head_kv, t, head_dim]`) at the
-    /// current position and returns views of all keys and values so far.
+    /// current position and returns all keys and values so far as f32 tensors.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(1)?;
-        self.k[layer].slice_set(&k.to_dtype(self.dtype)?, 1, self.len)?;
-        self.v[layer].slice_set(&v.to_dtype(self.dtype)?, 1, self.len)?;
         let n = self.len + t;
-        Ok((
-            self.k[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
-            self.v[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
-        ))
+        let (cap, d, heads) = (self.capacity, self.head_dim, self.n_head_kv);
+        match &mut self.store {
+            Store::Device { k: ks, v: vs } => {
+                ks[layer].slice_set(&k.to_dtype(DType::F16)?, 1, self.len)?;
+                vs[layer].slice_set(&v.to_dtype(DType::F16)?, 1, self.len)?;
+                Ok((
+                    ks[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
+                    vs[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
+                ))
+            }
+            Store::Host { k: ks, v: vs } => {
+                let mut views = Vec::with_capacity(2);
+                for (dst, src) in [(&mut ks[layer], k), (&mut vs[layer], v)] {
+                    let src = src.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    for (g, rows) in src.chunks_exact(t * d).enumerate() {
+                        let at = (g * cap + self.len) * d;
+                        dst[at..at + t * d].copy_from_slice(rows);
+                    }
+                    let mut view = Vec::with_capacity(heads * n * d);
+                    for g in 0..heads {
+                        view.extend_from_slice(&dst[g * cap * d..(g * cap + n) * d]);
+                    }
+                    views.push(Tensor::from_vec(view, (heads, n, d), k.device())?);
+                }
+                let v = views.pop().expect("values");
+                let k = views.pop().expect("keys");
+                Ok((k, v))
+            }
+        }
     }
 
     /// Marks `t` positions as filled, once every layer has appended them.
@@ -128,22 +189,33 @@ impl KvCache {
     /// pass).
     pub fn copy_prefix(&mut self, other: &KvCache, n: usize) -> Result<()> {
         let n = n.min(other.len);
-        if n > self.capacity || self.k.len() != other.k.len() {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: n,
-                context: self.capacity,
-                max_tokens: 0,
-            });
+        let mismatch = || Error::ContextOverflow {
+            prompt_tokens: n,
+            context: self.capacity,
+            max_tokens: 0,
+        };
+        if n > self.capacity || self.n_head_kv != other.n_head_kv || self.head_dim != other.head_dim
+        {
+            return Err(mismatch());
         }
-        if n > 0 {
-            for (dst, src) in self
-                .k
-                .iter()
-                .zip(&other.k)
-                .chain(self.v.iter().zip(&other.v))
-            {
-                dst.slice_set(&src.narrow(1, 0, n)?.contiguous()?, 1, 0)?;
+        let d = self.head_dim;
+        match (&mut self.store, &other.store) {
+            (Store::Host { k, v }, Store::Host { k: ok, v: ov }) if k.len() == ok.len() => {
+                for (dst, src) in k.iter_mut().zip(ok).chain(v.iter_mut().zip(ov)) {
+                    for g in 0..self.n_head_kv {
+                        let (a, b) = (g * self.capacity * d, g * other.capacity * d);
+                        dst[a..a + n * d].copy_from_slice(&src[b..b + n * d]);
+                    }
+                }
             }
+            (Store::Device { k, v }, Store::Device { k: ok, v: ov }) if k.len() == ok.len() => {
+                if n > 0 {
+                    for (dst, src) in k.iter().zip(ok).chain(v.iter().zip(ov)) {
+                        dst.slice_set(&src.narrow(1, 0, n)?.contiguous()?, 1, 0)?;
+                    }
+                }
+            }
+            _ => return Err(mismatch()),
         }
         self.len = n;
         Ok(())
@@ -160,10 +232,13 @@ impl KvCache {
 
     /// Bytes held by this cache.
     pub fn size_in_bytes(&self) -> usize {
-        self.k
-            .iter()
-            .chain(&self.v)
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
+        match &self.store {
+            Store::Host { k, v } => k.iter().chain(v).map(|b| b.len() * 4).sum(),
+            Store::Device { k, v } => k
+                .iter()
+                .chain(v)
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum(),
+        }
     }
 }

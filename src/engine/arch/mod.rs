@@ -3,6 +3,7 @@
 //! touches only this directory.
 
 mod gemma3;
+mod host_attention;
 mod llama;
 mod qwen2;
 pub mod transformer;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::host_attention::{Heads, RopeTable, SeqKv, attend};
 use super::{Activation, ArchConfig, RopeStyle};
 use crate::engine::error::{Error, Result};
 use crate::engine::gguf::GgufFile;
@@ -54,17 +55,12 @@ pub struct Transformer {
     layers: Vec<Layer>,
     out_norm: Tensor,
     output: Linear,
-    /// (cos, sin) per distinct RoPE base, `[context_length, head_dim / 2]`.
-    rope_tables: Vec<(Tensor, Tensor)>,
+    /// One per distinct RoPE base, `[context_length, head_dim / 2]`.
+    rope_tables: Vec<RopeTables>,
     device: Device,
 }
 
-fn rope_table(
-    theta: f32,
-    head_dim: usize,
-    n_pos: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
+fn rope_table(theta: f32, head_dim: usize, n_pos: usize, device: &Device) -> Result<RopeTables> {
     let half = head_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
@@ -78,10 +74,21 @@ fn rope_table(
             sin.push(a.sin());
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (n_pos, half), device)?,
-        Tensor::from_vec(sin, (n_pos, half), device)?,
-    ))
+    Ok(RopeTables {
+        cos_t: Tensor::from_vec(cos.clone(), (n_pos, half), device)?,
+        sin_t: Tensor::from_vec(sin.clone(), (n_pos, half), device)?,
+        cos,
+        sin,
+    })
+}
+
+/// cos and sin of one RoPE base, `[positions, head_dim / 2]`: as tensors for the device
+/// path, as plain values for [`host_attention`].
+struct RopeTables {
+    cos_t: Tensor,
+    sin_t: Tensor,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 impl Transformer {
@@ -176,7 +183,7 @@ impl Transformer {
 
     /// Longest sequence the RoPE tables cover.
     pub fn max_positions(&self) -> usize {
-        self.rope_tables.first().map_or(0, |(c, _)| c.dims()[0])
+        self.rope_tables.first().map_or(0, |t| t.cos_t.dims()[0])
     }
 
     /// A KV cache for one sequence of up to `capacity` positions.
@@ -293,15 +300,19 @@ impl Transformer {
         if let Some(n) = &l.k_norm {
             k = candle_nn::ops::rms_norm(&k, n, eps)?;
         }
-        let mut outs = Vec::with_capacity(spans.len());
-        for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
-            let one = |a: &Tensor| a.narrow(0, first, t);
-            outs.push(self.attention(l, li, &one(&q)?, &one(&k)?, &one(&v)?, pos, cache)?);
-        }
-        let o = if outs.len() == 1 {
-            outs.pop().expect("one output")
+        let o = if seqs.iter().all(|(_, c)| c.is_host()) {
+            self.host_attention(l, li, &q, &k, &v, spans, seqs)?
         } else {
-            Tensor::cat(&outs, 0)?
+            let mut outs = Vec::with_capacity(spans.len());
+            for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
+                let one = |a: &Tensor| a.narrow(0, first, t);
+                outs.push(self.attention(l, li, &one(&q)?, &one(&k)?, &one(&v)?, pos, cache)?);
+            }
+            if outs.len() == 1 {
+                outs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outs, 0)?
+            }
         };
         let mut o = l.wo.forward(&o)?;
         if let Some(n) = &l.post_attn_norm {
@@ -320,6 +331,69 @@ impl Transformer {
             f = candle_nn::ops::rms_norm(&f, n, eps)?;
         }
         Ok((x + f)?)
+    }
+
+    /// Attention of every sequence's new rows (`q`, `k`, `v`: `[rows, heads, head_dim]`)
+    /// on the CPU: rotation, cache writes and attention over plain memory, split over
+    /// the worker threads. Returns `[rows, n_head * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn host_attention(
+        &self,
+        l: &Layer,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spans: &[(usize, usize, usize)],
+        seqs: &mut [(&[u32], &mut KvCache)],
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let d = c.head_dim;
+        let rows = q.dim(0)?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let (mut q, mut k, v) = (flat(q)?, flat(k)?, flat(v)?);
+        let tables = &self.rope_tables[l.rope];
+        let rope = RopeTable {
+            cos: &tables.cos,
+            sin: &tables.sin,
+            style: c.rope,
+        };
+        let (qw, kw) = (c.n_head * d, c.n_head_kv * d);
+        for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
+            for r in first..first + t {
+                let p = pos + r - first;
+                rope.apply(&mut q[r * qw..(r + 1) * qw], d, p);
+                rope.apply(&mut k[r * kw..(r + 1) * kw], d, p);
+                cache.write_host(li, p, &k[r * kw..(r + 1) * kw], &v[r * kw..(r + 1) * kw]);
+            }
+        }
+        let kvs = spans
+            .iter()
+            .zip(seqs.iter())
+            .map(|(&(first, t, pos), (_, cache))| {
+                let (k, v) = cache
+                    .host_layer(li)
+                    .ok_or_else(|| Error::InvalidSampling("cache is not in host memory".into()))?;
+                Ok(SeqKv {
+                    first,
+                    t,
+                    pos,
+                    k,
+                    v,
+                    capacity: cache.capacity(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = vec![0f32; rows * qw];
+        let heads = Heads {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: d,
+            scale: c.attention_scale as f32,
+            window: l.sliding_window,
+        };
+        attend(heads, &q, &kvs, &mut out);
+        Ok(Tensor::from_vec(out, (rows, qw), &self.device)?)
     }
 
     /// Attention of one sequence's `t` new rows (`q`, `k`, `v`: `[t, heads, head_dim]`,
@@ -341,9 +415,9 @@ impl Transformer {
         let q = q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         let k = k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         let v = v.transpose(0, 1)?.contiguous()?;
-        let (cos, sin) = &self.rope_tables[l.rope];
-        let cos = cos.narrow(0, pos, t)?;
-        let sin = sin.narrow(0, pos, t)?;
+        let tables = &self.rope_tables[l.rope];
+        let cos = tables.cos_t.narrow(0, pos, t)?;
+        let sin = tables.sin_t.narrow(0, pos, t)?;
         let (q, k) = match c.rope {
             RopeStyle::Interleaved => (
                 candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,

@@ -1,0 +1,297 @@
+//! Attention on the CPU over plain slices: RoPE, the KV cache write and the softmax
+//! attention of every sequence of a batch, split over the worker threads.
+//!
+//! Done with candle tensor operations, a decode step of one sequence is a dozen small
+//! operations per layer (transposes, copies, a batched matmul sized for large problems,
+//! a mask, a softmax), each allocating and each run on one thread while the other
+//! threads wait: a third of a step. Here each (sequence, query, kv head) is one unit of
+//! work that reads its keys and values in place and writes its own slice of the output.
+
+use std::cell::RefCell;
+
+use super::RopeStyle;
+
+/// What the attention of one layer needs to know about the model.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// Multiplies the scores (1/√d or the architecture's own).
+    pub scale: f32,
+    /// Keys older than this many positions are not attended (sliding-window layers).
+    pub window: Option<usize>,
+}
+
+/// RoPE tables as plain values, `[positions, head_dim / 2]`.
+pub struct RopeTable<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub style: RopeStyle,
+}
+
+impl RopeTable<'_> {
+    /// Rotates each `head_dim`-wide head of `row` for position `pos`.
+    pub fn apply(&self, row: &mut [f32], head_dim: usize, pos: usize) {
+        let half = head_dim / 2;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        for head in row.chunks_exact_mut(head_dim) {
+            match self.style {
+                RopeStyle::Neox => {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x, y) = (a[i], b[i]);
+                        a[i] = x * cos[i] - y * sin[i];
+                        b[i] = y * cos[i] + x * sin[i];
+                    }
+                }
+                RopeStyle::Interleaved => {
+                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                        let (x, y) = (pair[0], pair[1]);
+                        pair[0] = x * cos[i] - y * sin[i];
+                        pair[1] = x * sin[i] + y * cos[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One sequence's part of a batch: its rows of the batch (`first`, `t` of them, at
+/// positions `pos..pos + t`) and its cache of this layer, `[n_head_kv, capacity,
+/// head_dim]` for keys and for values, already holding positions `..pos + t`.
+pub struct SeqKv<'a> {
+    pub first: usize,
+    pub t: usize,
+    pub pos: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub capacity: usize,
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent lanes: the compiler turns this into one vector accumulator.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out[rows, n_head * head_dim]` = softmax(scale · q·Kᵀ) · V for every row of `q`
+/// (`[rows, n_head * head_dim]`, already rotated), each over its own sequence's cache.
+pub fn attend(heads: Heads, q: &[f32], seqs: &[SeqKv<'_>], out: &mut [f32]) {
+    let Heads {
+        n_head,
+        n_head_kv,
+        head_dim: d,
+        scale,
+        window,
+    } = heads;
+    let rep = n_head / n_head_kv;
+    let width = n_head * d;
+    // Units: (sequence, query row, kv head), in that order.
+    let mut starts = Vec::with_capacity(seqs.len() + 1);
+    let mut total = 0;
+    for s in seqs {
+        starts.push(total);
+        total += s.t * n_head_kv;
+    }
+    let out_addr = out.as_mut_ptr() as usize;
+    let out_len = out.len();
+    let work = |units: std::ops::Range<usize>| {
+        thread_local! {
+            static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            for u in units {
+                let si = starts.partition_point(|&s| s <= u) - 1;
+                let s = &seqs[si];
+                let local = u - starts[si];
+                let (i, g) = (local / n_head_kv, local % n_head_kv);
+                let p = s.pos + i;
+                let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                let n = p + 1 - lo;
+                if scores.len() < n {
+                    scores.resize(n, 0.0);
+                }
+                let keys = &s.k[g * s.capacity * d..];
+                let values = &s.v[g * s.capacity * d..];
+                let row = s.first + i;
+                for r in 0..rep {
+                    let h = g * rep + r;
+                    let qh = &q[row * width + h * d..row * width + (h + 1) * d];
+                    let sc = &mut scores[..n];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, slot) in sc.iter_mut().enumerate() {
+                        let key = &keys[(lo + j) * d..(lo + j + 1) * d];
+                        *slot = scale * dot(qh, key);
+                        max = max.max(*slot);
+                    }
+                    let mut sum = 0f32;
+                    for slot in sc.iter_mut() {
+                        *slot = (*slot - max).exp();
+                        sum += *slot;
+                    }
+                    let inv = 1.0 / sum;
+                    let start = row * width + h * d;
+                    assert!(start + d <= out_len, "attention output slice in range");
+                    // SAFETY: the slice is inside `out` (checked above) and unit (row, g)
+                    // is the only one writing heads g·rep..(g+1)·rep of `row`.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut((out_addr as *mut f32).add(start), d)
+                    };
+                    o.fill(0.0);
+                    for (j, &w) in sc.iter().enumerate() {
+                        let value = &values[(lo + j) * d..(lo + j + 1) * d];
+                        let w = w * inv;
+                        for (x, y) in o.iter_mut().zip(value) {
+                            *x = w.mul_add(*y, *x);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    if total <= 1 {
+        work(0..total);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(total, work);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention written the plain way, for one head over explicit key/value lists.
+    fn reference(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f32) -> Vec<f32> {
+        let s: Vec<f32> = keys
+            .iter()
+            .map(|k| scale * q.iter().zip(*k).map(|(a, b)| a * b).sum::<f32>())
+            .collect();
+        let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f32 = e.iter().sum();
+        let mut o = vec![0f32; q.len()];
+        for (w, v) in e.iter().zip(values) {
+            for (x, y) in o.iter_mut().zip(*v) {
+                *x += w / z * y;
+            }
+        }
+        o
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_plain_attention_with_grouped_heads_causality_and_a_window() {
+        let (n_head, n_kv, d, cap) = (4, 2, 16, 12);
+        for window in [None, Some(3)] {
+            let heads = Heads {
+                n_head,
+                n_head_kv: n_kv,
+                head_dim: d,
+                scale: 0.25,
+                window,
+            };
+            let k = values(n_kv * cap * d, 1);
+            let v = values(n_kv * cap * d, 2);
+            // Two sequences sharing the cache contents: 3 new rows at 5.., 1 row at 9.
+            let seqs = [
+                SeqKv {
+                    first: 0,
+                    t: 3,
+                    pos: 5,
+                    k: &k,
+                    v: &v,
+                    capacity: cap,
+                },
+                SeqKv {
+                    first: 3,
+                    t: 1,
+                    pos: 9,
+                    k: &k,
+                    v: &v,
+                    capacity: cap,
+                },
+            ];
+            let q = values(4 * n_head * d, 3);
+            let mut out = vec![f32::NAN; 4 * n_head * d];
+            attend(heads, &q, &seqs, &mut out);
+            for (row, p) in [(0, 5), (1, 6), (2, 7), (3, 9)] {
+                let lo = window.map_or(0, |w: usize| (p + 1usize).saturating_sub(w));
+                for h in 0..n_head {
+                    let g = h / (n_head / n_kv);
+                    let key = |j: usize| &k[g * cap * d + j * d..g * cap * d + (j + 1) * d];
+                    let val = |j: usize| &v[g * cap * d + j * d..g * cap * d + (j + 1) * d];
+                    let ks: Vec<&[f32]> = (lo..=p).map(key).collect();
+                    let vs: Vec<&[f32]> = (lo..=p).map(val).collect();
+                    let qh = &q[row * n_head * d + h * d..row * n_head * d + (h + 1) * d];
+                    let want = reference(qh, &ks, &vs, 0.25);
+                    let got = &out[row * n_head * d + h * d..row * n_head * d + (h + 1) * d];
+                    for (a, b) in want.iter().zip(got) {
+                        assert!((a - b).abs() < 1e-5, "row {row} head {h}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position_in_both_layouts() {
+        // One head of width 4 (two frequencies), position 1 of a table with angles
+        // 0.5 and 0.25 at position 1.
+        let (a0, a1) = (0.5f32, 0.25f32);
+        let cos = [1.0, 1.0, a0.cos(), a1.cos()];
+        let sin = [0.0, 0.0, a0.sin(), a1.sin()];
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let mut neox = x;
+        RopeTable {
+            cos: &cos,
+            sin: &sin,
+            style: RopeStyle::Neox,
+        }
+        .apply(&mut neox, 4, 1);
+        // Pairs (0, 2) and (1, 3).
+        assert!((neox[0] - (1.0 * a0.cos() - 3.0 * a0.sin())).abs() < 1e-6);
+        assert!((neox[2] - (3.0 * a0.cos() + 1.0 * a0.sin())).abs() < 1e-6);
+        assert!((neox[1] - (2.0 * a1.cos() - 4.0 * a1.sin())).abs() < 1e-6);
+        let mut inter = x;
+        RopeTable {
+            cos: &cos,
+            sin: &sin,
+            style: RopeStyle::Interleaved,
+        }
+        .apply(&mut inter, 4, 1);
+        // Pairs (0, 1) and (2, 3).
+        assert!((inter[0] - (1.0 * a0.cos() - 2.0 * a0.sin())).abs() < 1e-6);
+        assert!((inter[1] - (1.0 * a0.sin() + 2.0 * a0.cos())).abs() < 1e-6);
+        assert!((inter[3] - (3.0 * a1.sin() + 4.0 * a1.cos())).abs() < 1e-6);
+        // Position 0 leaves everything as it is.
+        let mut same = x;
+        RopeTable {
+            cos: &cos,
+            sin: &sin,
+            style: RopeStyle::Neox,
+        }
+        .apply(&mut same, 4, 0);
+        assert_eq!(same, x);
+    }
+}
