@@ -13,4 +13,5 @@ pub mod engine;
 pub mod ethics;
 pub mod eval;
 pub mod prompts;
+pub mod steer;
 pub mod suggest;

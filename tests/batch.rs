@@ -27,6 +27,7 @@ fn request(
         max_tokens,
         stop: vec![],
         constraint: None,
+        steering: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn agents_sharing_a_prompt_prefix_compute_it_once() {
             max_tokens: 16,
             stop: vec![],
             constraint: None,
+            steer: vec![],
         })
         .collect();
     let together = backend.chat(&reqs).unwrap();

@@ -256,6 +256,7 @@ fn streaming_is_utf8_safe_and_matches_the_final_text() {
         max_tokens: 48,
         stop: vec![],
         constraint: None,
+        steering: None,
     };
     let g = generate(&m, &mut session, &req, &mut |s: &str| {
         streamed.push_str(s);

@@ -122,6 +122,7 @@ fn greedy_tokens_match_llama_cpp() {
                 max_tokens: want.len(),
                 stop: vec![],
                 constraint: None,
+                steering: None,
             };
             let g = generate(&m, &mut session, &req, &mut |_: &str| true).unwrap();
             match g.tokens.iter().zip(&want).position(|(a, b)| a != b) {

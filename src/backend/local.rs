@@ -9,14 +9,17 @@
 //! is computed once. Batches are formed in request order, so the same calls with the
 //! same seeds give the same bytes.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Backend, ChatRequest, Completion, Prompt, ScoreRequest, Scores};
 use crate::engine::generate::{GenerateRequest, Job, generate_batch};
 use crate::engine::model::{Model, Session};
 use crate::engine::score::score_options;
+use crate::engine::steering::Steering;
 use crate::engine::{Error, Result};
+use crate::steer::SteerSpec;
 
 /// Sessions kept per model: enough for the writers and critics of a default debate to
 /// each find their own history again.
@@ -50,6 +53,7 @@ fn share_prefixes(
         let own = shared_prefix(sessions[i].tokens(), &prompts[i]);
         let best = (0..i)
             .filter(|&j| !plan.iter().any(|&(f, _, _)| f == j))
+            .filter(|&j| sessions[j].steered_as(sessions[i].cache().steering()))
             .map(|j| {
                 (
                     j,
@@ -112,6 +116,9 @@ struct Served {
     model: Model,
     /// Least recently used first.
     pool: Mutex<Vec<Session>>,
+    /// Steering built for each set of steering specs asked for (vectors are read and
+    /// checked once; equal specs share one steering, so their caches serve each other).
+    steerings: Mutex<HashMap<String, Option<Arc<Steering>>>>,
 }
 
 /// Runs requests on GGUF models loaded in this process.
@@ -129,6 +136,7 @@ impl LocalBackend {
                     name,
                     model,
                     pool: Mutex::new(Vec::new()),
+                    steerings: Mutex::new(HashMap::new()),
                 })
                 .collect(),
         }
@@ -156,23 +164,43 @@ impl LocalBackend {
             })
     }
 
-    /// Takes the pooled session best placed for `tokens` out of the pool (a new one when
-    /// none shares anything and the pool has room to grow).
+    /// The steering `specs` ask for on `served`'s model, built once per distinct set.
+    fn steering_for(&self, served: &Served, specs: &[SteerSpec]) -> Result<Option<Arc<Steering>>> {
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let key = serde_json::to_string(specs).map_err(|e| Error::Steering(e.to_string()))?;
+        let mut cache = served.steerings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cache.get(&key) {
+            return Ok(s.clone());
+        }
+        let s = crate::steer::resolve(&served.model, crate::emotion::beam::Beam::builtin(), specs)
+            .map_err(|e| Error::Steering(e.to_string()))?;
+        cache.insert(key, s.clone());
+        Ok(s)
+    }
+
+    /// Takes the pooled session best placed for `tokens` under `steering` out of the
+    /// pool (a new one when none shares anything and the pool has room to grow).
     fn take_session(
         &self,
         served: &Served,
         pool: &mut Vec<Session>,
         tokens: &[u32],
+        steering: Option<&Steering>,
     ) -> Result<Session> {
-        let best = (0..pool.len()).max_by_key(|&i| (shared_prefix(pool[i].tokens(), tokens), i));
+        let shared = |s: &Session| {
+            if s.steered_as(steering) {
+                shared_prefix(s.tokens(), tokens)
+            } else {
+                0
+            }
+        };
+        let best = (0..pool.len()).max_by_key(|&i| (shared(&pool[i]), i));
         Ok(match best {
-            Some(i) if shared_prefix(pool[i].tokens(), tokens) > 0 || pool.len() >= POOL_SIZE => {
+            Some(i) if shared(&pool[i]) > 0 || pool.len() >= POOL_SIZE => {
                 // With nothing shared anywhere, the least recently used one is recycled.
-                let i = if shared_prefix(pool[i].tokens(), tokens) > 0 {
-                    i
-                } else {
-                    0
-                };
+                let i = if shared(&pool[i]) > 0 { i } else { 0 };
                 pool.remove(i)
             }
             _ => served.model.new_session()?,
@@ -189,11 +217,20 @@ impl LocalBackend {
             .iter()
             .map(|r| model.encode_chat(&r.prompt.messages, &r.prompt.prefix))
             .collect::<Result<Vec<_>>>()?;
+        let steerings = reqs
+            .iter()
+            .map(|r| self.steering_for(served, &r.steer))
+            .collect::<Result<Vec<_>>>()?;
         let mut sessions = {
             let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());
             prompts
                 .iter()
-                .map(|p| self.take_session(served, &mut pool, p))
+                .zip(&steerings)
+                .map(|(p, s)| {
+                    let mut session = self.take_session(served, &mut pool, p, s.as_deref())?;
+                    session.set_steering(s.clone());
+                    Ok(session)
+                })
                 .collect::<Result<Vec<_>>>()?
         };
         let result = share_prefixes(model, &mut sessions, &prompts).and_then(|computed| {
@@ -206,6 +243,12 @@ impl LocalBackend {
                     max_tokens: r.max_tokens,
                     stop: r.stop.clone(),
                     constraint: r.constraint.clone(),
+                    steering: None,
+                })
+                .zip(&steerings)
+                .map(|(g, s)| GenerateRequest {
+                    steering: s.clone(),
+                    ..g
                 })
                 .collect();
             let mut sinks: Vec<fn(&str) -> bool> = vec![|_| true; reqs.len()];
@@ -248,7 +291,8 @@ impl LocalBackend {
         f: impl FnOnce(&mut Session) -> Result<T>,
     ) -> Result<T> {
         let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let mut session = self.take_session(served, &mut pool, tokens)?;
+        let mut session = self.take_session(served, &mut pool, tokens, None)?;
+        session.set_steering(None);
         let out = f(&mut session);
         pool.push(session);
         out

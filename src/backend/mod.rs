@@ -61,6 +61,9 @@ pub struct ChatRequest {
     /// The shape a machine-read answer must have; `None` for free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraint: Option<Constraint>,
+    /// Emotion steering vectors to add inside the model (local backend only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steer: Vec<crate::steer::SteerSpec>,
 }
 
 /// A finished generation with its counts and timings.

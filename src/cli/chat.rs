@@ -73,6 +73,7 @@ pub fn run(args: ChatArgs, offline: bool) -> anyhow::Result<ExitCode> {
             max_tokens: args.sampling.max_tokens,
             stop: args.sampling.stop.clone(),
             constraint: None,
+            steering: None,
         };
         let mut sink = |s: &str| {
             out.write_all(s.as_bytes())

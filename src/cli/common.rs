@@ -157,3 +157,31 @@ pub fn read_text(arg: Option<String>) -> anyhow::Result<String> {
     }
     Ok(text)
 }
+
+/// Emotion steering inside the model (control vectors added to the residual stream).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SteerArgs {
+    /// Steer toward a BEAM level: SPECTRUM:LEVEL (e.g. sadness-joy:+0.6), through the
+    /// vector's calibration. Repeat for several spectra.
+    #[arg(long, value_name = "SPECTRUM:LEVEL", allow_hyphen_values = true)]
+    pub steer: Vec<String>,
+    /// Steer by a raw multiple of the unit direction: SPECTRUM:SCALE (e.g.
+    /// sadness-joy:3). Repeat for several spectra.
+    #[arg(long, value_name = "SPECTRUM:SCALE", allow_hyphen_values = true)]
+    pub steer_scale: Vec<String>,
+}
+
+impl SteerArgs {
+    /// The steering asked for, checked against the BEAM table.
+    pub fn specs(&self) -> anyhow::Result<Vec<pathos::steer::SteerSpec>> {
+        let beam = pathos::emotion::beam::Beam::builtin();
+        let mut out = Vec::new();
+        for s in &self.steer {
+            out.push(pathos::steer::SteerSpec::parse(s, false, beam)?);
+        }
+        for s in &self.steer_scale {
+            out.push(pathos::steer::SteerSpec::parse(s, true, beam)?);
+        }
+        Ok(out)
+    }
+}

@@ -11,7 +11,7 @@ use pathos::engine::generate::{FinishReason, GenerateRequest, generate};
 use pathos::engine::template::Message;
 use serde_json::json;
 
-use super::common::{ModelArgs, SamplingArgs, load_model, read_prompt};
+use super::common::{ModelArgs, SamplingArgs, SteerArgs, load_model, read_prompt};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -19,6 +19,8 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub steer: SteerArgs,
     /// The prompt; `-` or nothing reads stdin.
     pub prompt: Option<String>,
     /// Send the prompt as it is, without the chat template.
@@ -69,8 +71,10 @@ impl GenerateArgs {
 pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let sampling = args.sampling.params()?;
     let constraint = args.constraint()?;
+    let specs = args.steer.specs()?;
     let prompt = read_prompt(args.prompt)?;
     let model = load_model(&args.model, offline)?;
+    let steering = pathos::steer::resolve(&model, pathos::emotion::beam::Beam::builtin(), &specs)?;
     let text = if args.raw {
         prompt
     } else {
@@ -92,6 +96,7 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),
         constraint,
+        steering,
     };
     let mut session = model.new_session()?;
     let stdout = std::io::stdout();

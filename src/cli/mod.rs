@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod models;
 mod rewrite;
+mod steer;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,9 @@ pub enum Command {
     /// Measure rewrite methods over a corpus.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Emotion steering vectors: learn, calibrate, list.
+    #[command(subcommand)]
+    Steer(steer::SteerCommand),
 }
 
 /// Runs the chosen subcommand.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rewrite(a) => rewrite::run(*a, offline),
         Command::Ethics(c) => ethics::run(c, offline),
         Command::Eval(c) => eval::run(c, offline),
+        Command::Steer(c) => steer::run(c, offline),
     }
 }
 

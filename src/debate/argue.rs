@@ -125,6 +125,7 @@ fn speak(
                 max_tokens: cfg.max_tokens,
                 stop: vec!["\n\n\n".into()],
                 constraint: None,
+                steer: vec![],
             }
         })
         .collect();

@@ -54,6 +54,7 @@ impl Runner<'_> {
             max_tokens,
             stop,
             constraint: None,
+            steer: vec![],
         };
         let c = self.backend.chat(std::slice::from_ref(&req))?.remove(0);
         self.generated += c.generated_tokens;

@@ -225,6 +225,7 @@ impl<'a> Debate<'a> {
                     max_tokens: budget,
                     stop: writer_stops(),
                     constraint: None,
+                    steer: vec![],
                 });
             }
         }
@@ -389,6 +390,7 @@ pub fn rewrite(
                     max_tokens: cfg.critique_tokens,
                     stop: vec!["Verdict".into(), "\n\n\n".into()],
                     constraint: None,
+                    steer: vec![],
                 });
             }
         }
@@ -570,6 +572,7 @@ pub fn rewrite(
         max_tokens: 220,
         stop: Vec::new(),
         constraint: Some(Constraint::JsonSchema(features_schema())),
+        steer: vec![],
     };
     let c = d.chat(std::slice::from_ref(&req))?.remove(0);
     let features = parse_features(&c.text);

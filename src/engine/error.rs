@@ -66,6 +66,9 @@ pub enum Error {
     #[error("invalid sampling parameter: {0}")]
     InvalidSampling(String),
 
+    #[error("steering: {0}")]
+    Steering(String),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

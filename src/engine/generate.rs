@@ -27,6 +27,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// A shape the answer must have (JSON schema, choice, grammar); `None` for free text.
     pub constraint: Option<Constraint>,
+    /// Vectors added to the residual stream (emotion steering); `None` runs the model
+    /// as it is.
+    pub steering: Option<std::sync::Arc<super::steering::Steering>>,
 }
 
 /// Why generation ended.
@@ -261,6 +264,7 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
     let t0 = Instant::now();
     let mut news = Vec::with_capacity(jobs.len());
     for (job, st) in jobs.iter_mut().zip(states.iter_mut()) {
+        job.session.set_steering(job.req.steering.clone());
         st.cached = job.session.reuse_prefix(&job.req.prompt);
         news.push(&job.req.prompt[st.cached..]);
     }

@@ -5,9 +5,12 @@
 //! Nothing grows by concatenation, so a step costs the same at position 10 and 4 000.
 //! The weights are shared by every sequence; this is all a sequence owns.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::error::{Error, Result};
+use super::steering::Steering;
 
 /// Keys and values of every layer for one sequence: `[n_head_kv, capacity, head_dim]`.
 ///
@@ -17,6 +20,8 @@ use super::error::{Error, Result};
 /// Other devices keep f16 tensors and convert on the device.
 pub struct KvCache {
     store: Store,
+    /// The steering the cached positions were computed under.
+    steering: Option<Arc<Steering>>,
     len: usize,
     capacity: usize,
     n_head_kv: usize,
@@ -76,6 +81,7 @@ impl KvCache {
         };
         Ok(Self {
             store,
+            steering: None,
             len: 0,
             capacity,
             n_head_kv,
@@ -113,6 +119,21 @@ impl KvCache {
             });
         }
         Ok(())
+    }
+
+    /// The steering this sequence runs under.
+    pub fn steering(&self) -> Option<&Steering> {
+        self.steering.as_deref()
+    }
+
+    /// Makes the sequence run under `steering` from now on. A different steering than
+    /// the cached positions were computed under empties the cache: those keys and
+    /// values belong to another model, in effect.
+    pub fn set_steering(&mut self, steering: Option<Arc<Steering>>) {
+        if !Steering::same(self.steering(), steering.as_deref()) {
+            self.len = 0;
+        }
+        self.steering = steering;
     }
 
     /// Whether the cache is plain memory that [`Self::write_host`] and
@@ -217,6 +238,7 @@ impl KvCache {
             }
             _ => return Err(mismatch()),
         }
+        self.steering = other.steering.clone();
         self.len = n;
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod quant;
 pub mod registry;
 pub mod sampler;
 pub mod score;
+pub mod steering;
 pub mod stop;
 pub mod template;
 pub mod tokenizer;

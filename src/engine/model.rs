@@ -184,6 +184,23 @@ impl Session {
         Ok(())
     }
 
+    /// The cache (read-only).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Runs this session under `steering` from now on; a change forgets what it holds.
+    pub fn set_steering(&mut self, steering: Option<Arc<crate::engine::steering::Steering>>) {
+        self.cache.set_steering(steering);
+        let len = self.cache.len();
+        self.tokens.truncate(len);
+    }
+
+    /// Whether this session's cache was computed under `steering`.
+    pub fn steered_as(&self, steering: Option<&crate::engine::steering::Steering>) -> bool {
+        crate::engine::steering::Steering::same(self.cache.steering(), steering)
+    }
+
     /// Keeps the longest cached prefix shared with `prompt` and returns its length, so a
     /// follow-up turn only processes what is new.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {

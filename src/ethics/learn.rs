@@ -245,6 +245,7 @@ pub fn learn_rules(
                         max_tokens: 60,
                         stop: vec!["\n\n".into()],
                         constraint: None,
+                        steer: vec![],
                     },
                 )
             })
@@ -270,6 +271,7 @@ pub fn learn_rules(
             max_tokens: 48,
             stop: vec!["\n".into()],
             constraint: None,
+            steer: vec![],
         };
         let c = backend.chat(std::slice::from_ref(&req))?.remove(0);
         let sentence = format!("They{}", c.text)

@@ -206,7 +206,7 @@ impl Transformer {
     /// Runs `tokens` (the continuation of the sequence in `cache`) through the model and
     /// returns logits `[n, vocab]` for the last position or for all of them.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        let x = self.hidden(&mut [(tokens, cache)])?;
+        let x = self.hidden(&mut [(tokens, cache)], None)?;
         let x = match logits {
             Logits::Last => x.narrow(0, tokens.len() - 1, 1)?,
             Logits::All => x,
@@ -220,7 +220,7 @@ impl Transformer {
     /// cache. A row's result does not depend on what else is in the batch for the weight
     /// types pathos multiplies itself.
     pub fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
-        let x = self.hidden(seqs)?;
+        let x = self.hidden(seqs, None)?;
         let mut last = Vec::with_capacity(seqs.len());
         let mut end = 0u32;
         for (tokens, _) in seqs.iter() {
@@ -236,9 +236,59 @@ impl Transformer {
         Ok(self.output.forward(&x)?)
     }
 
+    /// The residual stream after every layer at the last of `tokens` (the continuation
+    /// of the sequence in `cache`, under its steering): what steering directions are
+    /// learned from. `[n_layer][n_embd]`.
+    pub fn layer_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+        let mut states = Vec::with_capacity(self.layers.len());
+        let last = tokens.len().saturating_sub(1);
+        let mut observe = |_: usize, x: &Tensor| -> Result<()> {
+            states.push(x.narrow(0, last, 1)?.flatten_all()?.to_vec1::<f32>()?);
+            Ok(())
+        };
+        self.hidden(&mut [(tokens, cache)], Some(&mut observe))?;
+        Ok(states)
+    }
+
+    /// Adds each sequence's steering for layer `layer` to its rows of `x`.
+    fn steer(
+        &self,
+        x: Tensor,
+        layer: usize,
+        spans: &[(usize, usize, usize)],
+        seqs: &[(&[u32], &mut KvCache)],
+    ) -> Result<Tensor> {
+        let adds: Vec<Option<&Tensor>> = seqs
+            .iter()
+            .map(|(_, c)| c.steering().and_then(|s| s.at(layer)))
+            .collect();
+        match adds.as_slice() {
+            _ if adds.iter().all(Option::is_none) => Ok(x),
+            [Some(v)] => Ok(x.broadcast_add(v)?),
+            _ => {
+                let n_embd = x.dim(1)?;
+                let parts = spans
+                    .iter()
+                    .zip(&adds)
+                    .map(|(&(_, t, _), add)| match add {
+                        Some(v) => v.unsqueeze(0)?.broadcast_as((t, n_embd))?.contiguous(),
+                        None => Tensor::zeros((t, n_embd), x.dtype(), x.device()),
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok((x + Tensor::cat(&parts, 0)?)?)
+            }
+        }
+    }
+
     /// The final hidden states `[Σ tokens, n_embd]` of every sequence's new tokens,
     /// sequences one after another; each cache takes its new keys and values.
-    fn hidden(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
+    /// `observe` sees the residual stream after each layer (steering included).
+    #[allow(clippy::type_complexity)]
+    fn hidden(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        mut observe: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
+    ) -> Result<Tensor> {
         let mut all = Vec::new();
         let mut spans = Vec::with_capacity(seqs.len());
         for (tokens, cache) in seqs.iter() {
@@ -261,6 +311,10 @@ impl Transformer {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.block(layer, i, &x, &spans, seqs)?;
+            x = self.steer(x, i, &spans, seqs)?;
+            if let Some(f) = observe.as_mut() {
+                f(i, &x)?;
+            }
         }
         for ((tokens, cache), _) in seqs.iter_mut().zip(&spans) {
             cache.advance(tokens.len());
