@@ -10,6 +10,6 @@ model="${1:-smollm2-135m}"
 cargo build --release --quiet
 out="src/steer/vectors/$model"
 mkdir -p "$out"
-for s in fear-courage sadness-joy distrust-trust negligence-anticipation anger-peace disgust-delight disinterest-surprise; do
+for s in fear-courage sadness-joy distrust-trust negligence-anticipation anger-peace disgust-delight disinterest-fascination; do
   ./target/release/pathos steer train -m "$model" --spectrum "$s" --calibrate -o "$out/$s.gguf"
 done

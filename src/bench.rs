@@ -12,6 +12,7 @@
 //! one sequence and copying it to the others, as the local backend does for a debate
 //! round. Every row carries the process's peak resident memory so far.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,6 +22,7 @@ use crate::engine::arch::transformer::Logits;
 use crate::engine::kv_cache::KvCache;
 use crate::engine::model::Model;
 use crate::engine::sampler::argmax;
+use crate::engine::steering::Steering;
 
 /// One row of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +65,9 @@ pub struct BenchOptions {
     /// Shared prefix length for the `prefix P xA` test (0 skips it); A is the largest of
     /// `agents`, or 4.
     pub shared_prefix: usize,
+    /// With steering, the tg test runs again under it (`tg N steered`), to show what the
+    /// per-layer vector adds cost.
+    pub steering: Option<std::sync::Arc<crate::engine::steering::Steering>>,
 }
 
 /// Peak resident set size of this process in MiB, from `/proc/self/status` (`VmHWM`).
@@ -114,8 +119,9 @@ struct Sample {
     kv: usize,
 }
 
-fn run_tg(model: &Model, n: usize) -> Result<Sample> {
+fn run_tg(model: &Model, n: usize, steering: Option<&Arc<Steering>>) -> Result<Sample> {
     let mut s = model.new_session()?;
+    s.cache_mut().set_steering(steering.cloned());
     let mut next = model.tokenizer.token_id("<|im_start|>").unwrap_or(1);
     let t = Instant::now();
     for _ in 0..n {
@@ -245,8 +251,16 @@ pub fn run(
             format!("tg{ng}"),
             ng,
             1,
-            Box::new(move || run_tg(model, ng)),
+            Box::new(move || run_tg(model, ng, None)),
         ));
+        if let Some(st) = &opts.steering {
+            tests.push((
+                format!("tg{ng} steered"),
+                ng,
+                1,
+                Box::new(move || run_tg(model, ng, Some(st))),
+            ));
+        }
         for &a in opts.agents.iter().filter(|&&a| a > 1) {
             tests.push((
                 format!("tg{ng} x{a}"),
@@ -311,6 +325,7 @@ pub fn count(opts: &BenchOptions) -> usize {
     let tg = usize::from(opts.n_gen > 0);
     let tests = usize::from(opts.n_prompt > 0)
         + tg
+        + tg * usize::from(opts.steering.is_some())
         + tg * opts.agents.iter().filter(|&&a| a > 1).count()
         + 2 * usize::from(opts.shared_prefix > 0);
     tests * opts.repetitions.max(1)

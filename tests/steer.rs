@@ -189,3 +189,49 @@ fn the_cli_steers_by_level_only_with_a_calibrated_vector_and_explains_bad_input(
             .any(|l| l["origin"] == "user" && l["spectrum"] == "sadness-joy")
     );
 }
+
+#[test]
+fn a_rewrite_with_method_steer_runs_its_writers_under_the_shipped_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = dir.path().join("t.json");
+    let o = pathos_cmd(&[
+        "rewrite",
+        "--to",
+        "joy",
+        "--method",
+        "steer",
+        "--candidates",
+        "1",
+        "--max-rounds",
+        "1",
+        "--seed",
+        "7",
+        "--transcript",
+        transcript.to_str().unwrap(),
+        "The meeting moved to Thursday, so I will bring the notes then.",
+    ])
+    // An empty vector directory: the shipped, calibrated vector is used.
+    .env("PATHOS_STEER_DIR", dir.path().join("none"))
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&transcript).unwrap()).unwrap();
+    assert_eq!(t["config"]["method"], "steer");
+    let writers: Vec<&serde_json::Value> = t["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["turns"].as_array().unwrap())
+        .filter(|turn| turn["agent"].as_str().unwrap().starts_with("writer"))
+        .collect();
+    assert!(!writers.is_empty());
+    for w in writers {
+        assert_eq!(w["steer"][0]["spectrum"], "sadness-joy", "{w}");
+        assert_eq!(w["steer"][0]["amount"]["level"], 0.6, "{w}");
+        // The prompt asks for a plain rewrite: the vector carries the emotion.
+        let prompt = w["prompt"].to_string();
+        assert!(prompt.contains("in your own words"), "{prompt}");
+        assert!(!prompt.contains("joy"), "{prompt}");
+    }
+}

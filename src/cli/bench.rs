@@ -6,7 +6,7 @@ use clap::Args;
 use pathos::bench::{BenchOptions, markdown, run as run_bench};
 use pathos::engine::device::backend_name;
 
-use super::common::{ModelArgs, load_model};
+use super::common::{ModelArgs, SteerArgs, load_model};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -29,12 +29,16 @@ pub struct BenchArgs {
     /// computed once then copied (0 skips it).
     #[arg(long, default_value_t = 0)]
     pub shared_prefix: usize,
+    #[command(flatten)]
+    pub steer: SteerArgs,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: BenchArgs, offline: bool, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let specs = args.steer.specs()?;
     let model = load_model(&args.model, offline)?;
+    let steering = pathos::steer::resolve(&model, pathos::emotion::beam::Beam::builtin(), &specs)?;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = BenchOptions {
@@ -45,6 +49,7 @@ pub fn run(args: BenchArgs, offline: bool, threads: Option<usize>) -> anyhow::Re
         backend: backend_name(model.transformer.device()).to_string(),
         agents: args.agents,
         shared_prefix: args.shared_prefix,
+        steering,
     };
     let total = pathos::bench::count(&opts);
     let bar = pathos::engine::fetch::progress_bar(

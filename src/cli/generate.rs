@@ -134,6 +134,7 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
     if json_mode {
         let v = json!({
             "model": model.name,
+            "steer": specs,
             "text": g.text,
             "finish_reason": g.finish_reason,
             "prompt_tokens": g.timings.prompt_tokens,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use pathos::debate::config::{DebateConfig, WriterSpec};
+use pathos::debate::config::{DebateConfig, SteerMethod, WriterSpec};
 use pathos::debate::protocol::{Event, Observer, rewrite};
 use pathos::debate::transcript::Transcript;
 use pathos::emotion::beam::{Beam, Target, format_level};
@@ -80,6 +80,10 @@ pub struct DebateArgs {
     /// Do not start writers' answers with an opener in the target's voice.
     #[arg(long)]
     pub no_openers: bool,
+    /// How writers are moved toward the target: the prompt, steering vectors inside the
+    /// model at the target's calibrated level, or both.
+    #[arg(long, value_enum, default_value_t = SteerMethod::Prompt)]
+    pub method: SteerMethod,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -146,6 +150,7 @@ pub fn config(args: &DebateArgs, names: &[String], judge: &str) -> DebateConfig 
     cfg.few_shot = !args.no_few_shot;
     cfg.word_guidance = !args.no_word_guidance;
     cfg.openers = !args.no_openers;
+    cfg.method = args.method;
     cfg
 }
 

@@ -30,6 +30,7 @@ struct Runner<'a> {
     cfg: &'a DebateConfig,
     turns: Vec<Turn>,
     generated: usize,
+    steer: Vec<crate::steer::SteerSpec>,
 }
 
 impl Runner<'_> {
@@ -54,20 +55,23 @@ impl Runner<'_> {
             max_tokens,
             stop,
             constraint: None,
-            steer: vec![],
+            steer: self.steer.clone(),
         };
         let c = self.backend.chat(std::slice::from_ref(&req))?.remove(0);
         self.generated += c.generated_tokens;
-        self.turns.push(Turn::new(
-            role,
-            "writer-0".into(),
-            &w.model,
-            &req.sampling,
-            max_tokens,
-            0.0,
-            &req.prompt,
-            &c,
-        ));
+        self.turns.push(
+            Turn::new(
+                role,
+                "writer-0".into(),
+                &w.model,
+                &req.sampling,
+                max_tokens,
+                0.0,
+                &req.prompt,
+                &c,
+            )
+            .steered(&req.steer),
+        );
         Ok(format!("{}{}", req.prompt.prefix, c.text))
     }
 }
@@ -92,6 +96,7 @@ pub fn single_pass(
         cfg,
         turns: Vec::new(),
         generated: 0,
+        steer: super::protocol::writer_steering(beam, cfg, target),
     };
     let guidance = Examples::builtin().guidance(beam, target);
     let values = writer_values(beam, cfg, &guidance, source, target);
@@ -129,6 +134,7 @@ pub fn self_refine(
         cfg,
         turns: Vec::new(),
         generated: 0,
+        steer: super::protocol::writer_steering(beam, cfg, target),
     };
     let guidance = Examples::builtin().guidance(beam, target);
     let v = writer_values(beam, cfg, &guidance, source, target);

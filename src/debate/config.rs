@@ -37,6 +37,36 @@ pub struct DebateConfig {
     pub min_content: f64,
     /// Token budget of a critique.
     pub critique_tokens: usize,
+    /// How writers are moved toward the target: by the prompt, by steering vectors
+    /// inside the model, or both.
+    #[serde(default)]
+    pub method: SteerMethod,
+}
+
+/// How writers are moved toward the target emotion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SteerMethod {
+    /// The prompt names the target (and shows words, an example, an opener).
+    #[default]
+    Prompt,
+    /// The prompt only asks for a rewrite; a steering vector at the target's
+    /// calibrated level moves the text inside the model.
+    Steer,
+    /// Both the prompt and the steering vector.
+    Both,
+}
+
+impl SteerMethod {
+    /// Whether writers run with a steering vector.
+    pub fn steers(self) -> bool {
+        self != Self::Prompt
+    }
+
+    /// Whether writer prompts name the target.
+    pub fn prompts(self) -> bool {
+        self != Self::Steer
+    }
 }
 
 impl DebateConfig {
@@ -65,6 +95,7 @@ impl DebateConfig {
             judge_weight: 0.5,
             min_content: 0.25,
             critique_tokens: 96,
+            method: SteerMethod::Prompt,
         }
     }
 

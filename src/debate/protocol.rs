@@ -108,19 +108,39 @@ pub(crate) fn writer_values(
     target: Target,
 ) -> minijinja::Value {
     let (word, intensity, pole, spectrum, level) = target_words(beam, target);
+    // With steering alone the prompt asks for a plain rewrite: the vector carries the
+    // emotion.
+    let named = cfg.method.prompts();
     minijinja::context! {
         word => word, intensity => intensity, pole => pole, spectrum => spectrum,
         level => level, source => source.trim(), text => source.trim(),
-        use_words => if cfg.word_guidance { guidance.use_words.clone() } else { Vec::new() },
-        avoid_words => if cfg.word_guidance { guidance.avoid_words.clone() } else { Vec::new() },
-        example => if cfg.few_shot { guidance.example.clone() } else { None },
+        steer_only => !named,
+        use_words => if cfg.word_guidance && named { guidance.use_words.clone() } else { Vec::new() },
+        avoid_words => if cfg.word_guidance && named { guidance.avoid_words.clone() } else { Vec::new() },
+        example => if cfg.few_shot && named { guidance.example.clone() } else { None },
     }
+}
+
+/// The steering a writer runs with: the target's spectrum at the target's level when
+/// the method steers (nothing for a neutral target).
+pub(crate) fn writer_steering(
+    beam: &Beam,
+    cfg: &DebateConfig,
+    target: Target,
+) -> Vec<crate::steer::SteerSpec> {
+    if !cfg.method.steers() || beam.level(target) == 0.0 {
+        return Vec::new();
+    }
+    vec![crate::steer::SteerSpec {
+        spectrum: beam.spectra[target.spectrum].name.clone(),
+        amount: crate::steer::Amount::Level(beam.level(target)),
+    }]
 }
 
 /// The start of a writer's answer for one draw, taking the openers in turn so that the
 /// draws of a round differ; empty when openers are off or the target is neutral.
 pub(crate) fn opener(cfg: &DebateConfig, guidance: &Guidance, index: usize) -> String {
-    if !cfg.openers || guidance.openers.is_empty() {
+    if !cfg.openers || !cfg.method.prompts() || guidance.openers.is_empty() {
         return String::new();
     }
     guidance.openers[index % guidance.openers.len()].clone()
@@ -191,6 +211,10 @@ impl<'a> Debate<'a> {
         })
     }
 
+    fn writer_steering(&self) -> Vec<crate::steer::SteerSpec> {
+        writer_steering(self.beam, self.cfg, self.target)
+    }
+
     /// Every writer draws its candidates; returns the turns and candidates.
     fn draw(
         &mut self,
@@ -225,7 +249,7 @@ impl<'a> Debate<'a> {
                     max_tokens: budget,
                     stop: writer_stops(),
                     constraint: None,
-                    steer: vec![],
+                    steer: self.writer_steering(),
                 });
             }
         }
@@ -239,16 +263,19 @@ impl<'a> Debate<'a> {
         let mut candidates = Vec::new();
         for (i, (req, c)) in requests.iter().zip(&completions).enumerate() {
             let w = prompts[i / self.cfg.candidates].0;
-            turns.push(Turn::new(
-                role,
-                format!("writer-{w}"),
-                &req.model,
-                &req.sampling,
-                req.max_tokens,
-                delta,
-                &req.prompt,
-                c,
-            ));
+            turns.push(
+                Turn::new(
+                    role,
+                    format!("writer-{w}"),
+                    &req.model,
+                    &req.sampling,
+                    req.max_tokens,
+                    delta,
+                    &req.prompt,
+                    c,
+                )
+                .steered(&req.steer),
+            );
             self.observer.event(Event::Step(format!(
                 "reading draw {} of writer {w}",
                 i % self.cfg.candidates + 1

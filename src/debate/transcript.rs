@@ -42,6 +42,9 @@ pub struct Turn {
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// Steering vectors the turn ran under (writers with `--method steer|both`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steer: Vec<crate::steer::SteerSpec>,
 }
 
 impl Turn {
@@ -73,7 +76,14 @@ impl Turn {
             generated_tokens: c.generated_tokens,
             prompt_ms: c.prompt_ms,
             generation_ms: c.generation_ms,
+            steer: Vec::new(),
         }
+    }
+
+    /// The same record, noting the steering it ran under.
+    pub fn steered(mut self, steer: &[crate::steer::SteerSpec]) -> Self {
+        self.steer = steer.to_vec();
+        self
     }
 }
 

@@ -13,7 +13,43 @@ use crate::engine::model::Model;
 use crate::engine::registry::{Manifest, pathos_home};
 
 /// Vectors shipped with pathos: (model, spectrum, file bytes).
-const SHIPPED: &[(&str, &str, &[u8])] = &[];
+const SHIPPED: &[(&str, &str, &[u8])] = &[
+    (
+        "smollm2-135m",
+        "fear-courage",
+        include_bytes!("vectors/smollm2-135m/fear-courage.gguf"),
+    ),
+    (
+        "smollm2-135m",
+        "sadness-joy",
+        include_bytes!("vectors/smollm2-135m/sadness-joy.gguf"),
+    ),
+    (
+        "smollm2-135m",
+        "distrust-trust",
+        include_bytes!("vectors/smollm2-135m/distrust-trust.gguf"),
+    ),
+    (
+        "smollm2-135m",
+        "negligence-anticipation",
+        include_bytes!("vectors/smollm2-135m/negligence-anticipation.gguf"),
+    ),
+    (
+        "smollm2-135m",
+        "anger-peace",
+        include_bytes!("vectors/smollm2-135m/anger-peace.gguf"),
+    ),
+    (
+        "smollm2-135m",
+        "disgust-delight",
+        include_bytes!("vectors/smollm2-135m/disgust-delight.gguf"),
+    ),
+    (
+        "smollm2-135m",
+        "disinterest-fascination",
+        include_bytes!("vectors/smollm2-135m/disinterest-fascination.gguf"),
+    ),
+];
 
 /// Root of the user's vectors: `$PATHOS_STEER_DIR`, else `$PATHOS_HOME/steer`.
 pub fn user_root() -> PathBuf {
@@ -68,10 +104,7 @@ pub struct Listed {
 }
 
 fn read_shipped(bytes: &[u8], label: &str) -> Result<ControlVector, SteerError> {
-    let dir = tempfile::tempdir().map_err(|e| SteerError::Io(label.into(), e))?;
-    let path = dir.path().join("v.gguf");
-    std::fs::write(&path, bytes).map_err(|e| SteerError::Io(label.into(), e))?;
-    ControlVector::read(&path)
+    ControlVector::read_from(std::io::Cursor::new(bytes), label)
 }
 
 /// Every vector pathos can find, the user's first.

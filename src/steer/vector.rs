@@ -139,16 +139,28 @@ impl ControlVector {
             std::io::Write::flush(&mut w).map_err(io)?;
         }
         tmp.as_file().sync_all().map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Vectors are shared data, not secrets (temporary files start private).
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io)?;
+        }
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }
 
     /// Reads a control-vector file (pathos's, or llama.cpp's without provenance).
     pub fn read(path: &Path) -> Result<Self, SteerError> {
-        let bad = |why: String| SteerError::BadFile(path.display().to_string(), why);
         let file =
             std::fs::File::open(path).map_err(|e| SteerError::Io(path.display().to_string(), e))?;
-        let mut r = BufReader::new(file);
+        Self::read_from(BufReader::new(file), &path.display().to_string())
+    }
+
+    /// Reads a control vector from any seekable source; `label` names it in errors.
+    pub fn read_from<R: std::io::Read + Seek>(mut r: R, label: &str) -> Result<Self, SteerError> {
+        let bad = |why: String| SteerError::BadFile(label.to_string(), why);
         let content = gguf_file::Content::read(&mut r).map_err(|e| bad(e.to_string()))?;
         let md = &content.metadata;
         let text = |k: &str| {
@@ -177,7 +189,7 @@ impl ControlVector {
                 .filter(|&l| l > 0)
                 .ok_or_else(|| bad(format!("tensor `{name}` is not `direction.N` with N ≥ 1")))?;
             r.rewind()
-                .map_err(|e| SteerError::Io(path.display().to_string(), e))?;
+                .map_err(|e| SteerError::Io(label.to_string(), e))?;
             let t = content
                 .tensor(&mut r, name, &Device::Cpu)
                 .map_err(|e| bad(e.to_string()))?;
