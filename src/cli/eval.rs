@@ -67,6 +67,10 @@ pub struct EvalRewriteArgs {
     /// Model that reads the emotions of every output (default: the judge's).
     #[arg(long)]
     pub detect_model: Option<String>,
+    /// How writers are moved toward the target: the prompt, steering vectors inside the
+    /// model at the target's calibrated level, or both.
+    #[arg(long, value_enum, default_value_t = pathos::debate::config::SteerMethod::Prompt)]
+    pub method: pathos::debate::config::SteerMethod,
     #[command(flatten)]
     pub debate: super::rewrite::DebateArgs,
 }
@@ -110,7 +114,8 @@ pub fn run(cmd: EvalCommand, offline: bool) -> anyhow::Result<ExitCode> {
         .judge_model
         .clone()
         .unwrap_or_else(|| writer_names[0].clone());
-    let cfg = config(d, writer_names, &judge);
+    let mut cfg = config(d, writer_names, &judge);
+    cfg.method = args.method;
     let detect_model = args.detect_model.clone().unwrap_or_else(|| judge.clone());
     let bar = progress_bar(corpus.len() * targets.len() * args.methods.len());
     let report = evaluate(

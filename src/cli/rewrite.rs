@@ -38,6 +38,10 @@ pub struct RewriteArgs {
     /// Rewrite a short built-in example text instead.
     #[arg(long, conflicts_with = "text")]
     pub example: bool,
+    /// How writers are moved toward the target: the prompt, steering vectors inside the
+    /// model at the target's calibrated level, or both.
+    #[arg(long, value_enum, default_value_t = SteerMethod::Prompt)]
+    pub method: SteerMethod,
     #[command(flatten)]
     pub debate: DebateArgs,
     /// Write the whole debate as JSON to this file (a sweep writes every level's debate).
@@ -80,10 +84,6 @@ pub struct DebateArgs {
     /// Do not start writers' answers with an opener in the target's voice.
     #[arg(long)]
     pub no_openers: bool,
-    /// How writers are moved toward the target: the prompt, steering vectors inside the
-    /// model at the target's calibrated level, or both.
-    #[arg(long, value_enum, default_value_t = SteerMethod::Prompt)]
-    pub method: SteerMethod,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -150,7 +150,6 @@ pub fn config(args: &DebateArgs, names: &[String], judge: &str) -> DebateConfig 
     cfg.few_shot = !args.no_few_shot;
     cfg.word_guidance = !args.no_word_guidance;
     cfg.openers = !args.no_openers;
-    cfg.method = args.method;
     cfg
 }
 
@@ -204,7 +203,8 @@ pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
         .judge_model
         .clone()
         .unwrap_or_else(|| writer_names[0].clone());
-    let cfg = config(d, writer_names, &judge);
+    let mut cfg = config(d, writer_names, &judge);
+    cfg.method = args.method;
     let mut transcripts = Vec::with_capacity(targets.len());
     for (i, &target) in targets.iter().enumerate() {
         let bar = indicatif::ProgressBar::new(cfg.max_rounds as u64);
