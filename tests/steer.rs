@@ -235,3 +235,22 @@ fn a_rewrite_with_method_steer_runs_its_writers_under_the_shipped_vector() {
         assert!(!prompt.contains("joy"), "{prompt}");
     }
 }
+
+#[test]
+fn the_fluency_measure_tells_text_from_word_salad() {
+    let m = model("smollm2-135m");
+    let backend = LocalBackend::new(vec![(m.name.clone(), m.clone())]);
+    let ppl = |t: &str| {
+        pathos::eval::rewrite::perplexity_per_word(&backend, &m.name, t)
+            .unwrap()
+            .unwrap()
+    };
+    let fluent = ppl("The train arrived late, so I waited on the platform and read the timetable.");
+    let salad = ppl("Timetable the late platform so arrived waited read I on the train and, the.");
+    assert!(fluent < salad, "fluent {fluent:.1} vs salad {salad:.1}");
+    assert!(
+        pathos::eval::rewrite::perplexity_per_word(&backend, &m.name, "  ")
+            .unwrap()
+            .is_none()
+    );
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{mean, rouge_l_f1, spearman, token_overlap};
-use crate::backend::Backend;
+use crate::backend::{Backend, Prompt, ScoreRequest};
 use crate::debate::DebateError;
 use crate::debate::baselines::{self_refine, single_pass};
 use crate::debate::config::DebateConfig;
@@ -112,6 +112,10 @@ pub struct Row {
     pub exact_hit: bool,
     pub rouge_l: f64,
     pub content_kept: f64,
+    /// Perplexity per word of the output under the detecting model (fluency: low for
+    /// fluent text, high for word salad); `None` for an empty output.
+    #[serde(default)]
+    pub perplexity: Option<f64>,
     pub generated_tokens: usize,
     pub seconds: f64,
 }
@@ -127,6 +131,9 @@ pub struct Summary {
     pub spearman: Option<f64>,
     pub rouge_l: f64,
     pub content_kept: f64,
+    /// Median of the rows' perplexity per word.
+    #[serde(default)]
+    pub perplexity: Option<f64>,
     pub tokens_per_rewrite: f64,
     pub seconds_per_rewrite: f64,
 }
@@ -209,6 +216,7 @@ pub fn evaluate(
                     exact_hit: (reading.level - beam.level(target)).abs() < 1e-3,
                     rouge_l: rouge_l_f1(&output, &text.text),
                     content_kept: token_overlap(&output, &text.text),
+                    perplexity: perplexity_per_word(backend, detect_model, &output)?,
                     generated_tokens: tokens,
                     seconds,
                     output,
@@ -223,6 +231,38 @@ pub fn evaluate(
         detect_model: detect_model.to_string(),
         rows,
         summary,
+    })
+}
+
+/// Perplexity per word of `text` under `model`, read as the answer to a plain request
+/// for a few sentences; `None` for an empty text.
+pub fn perplexity_per_word(
+    backend: &dyn Backend,
+    model: &str,
+    text: &str,
+) -> Result<Option<f64>, EvalError> {
+    let words = text.split_whitespace().count();
+    if words == 0 {
+        return Ok(None);
+    }
+    let s = backend.score(&ScoreRequest {
+        model: model.to_string(),
+        prompt: Prompt::user(None, "Write a few sentences."),
+        options: vec![text.trim().to_string()],
+    })?;
+    Ok(s.logprobs.first().map(|lp| (-lp / words as f64).exp()))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     })
 }
 
@@ -255,6 +295,7 @@ fn summarize(rows: &[Row], method: Method) -> Summary {
         spearman: mean(&per_spectrum),
         rouge_l: avg(&|r| r.rouge_l),
         content_kept: avg(&|r| r.content_kept),
+        perplexity: median(mine.iter().filter_map(|r| r.perplexity).collect()),
         tokens_per_rewrite: avg(&|r| r.generated_tokens as f64),
         seconds_per_rewrite: avg(&|r| r.seconds),
     }
@@ -263,11 +304,11 @@ fn summarize(rows: &[Row], method: Method) -> Summary {
 /// The summary as a markdown table.
 pub fn summary_table(report: &Report) -> String {
     let mut s = String::from(
-        "| method | rewrites | direction hit | exact level | Spearman | ROUGE-L | content kept | tokens/rewrite | s/rewrite |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| method | rewrites | direction hit | exact level | Spearman | ROUGE-L | content kept | perplexity/word | tokens/rewrite | s/rewrite |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for m in &report.summary {
         s.push_str(&format!(
-            "| {} | {} | {:.0}% | {:.0}% | {} | {:.2} | {:.2} | {:.0} | {:.1} |\n",
+            "| {} | {} | {:.0}% | {:.0}% | {} | {:.2} | {:.2} | {} | {:.0} | {:.1} |\n",
             m.method.name(),
             m.rewrites,
             m.direction_hit_rate * 100.0,
@@ -275,6 +316,7 @@ pub fn summary_table(report: &Report) -> String {
             m.spearman.map_or("–".into(), |v| format!("{v:.2}")),
             m.rouge_l,
             m.content_kept,
+            m.perplexity.map_or("–".into(), |v| format!("{v:.1}")),
             m.tokens_per_rewrite,
             m.seconds_per_rewrite,
         ));
