@@ -1,0 +1,105 @@
+//! Heap allocations per decode step of the default model, counted by a wrapping global
+//! allocator: how far the CPU decode loop is from allocating nothing per token. Prints
+//! allocations and bytes per step for one sequence and for four decoding together.
+//!
+//!   cargo bench --bench alloc
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pathos::engine::arch::transformer::Logits;
+use pathos::engine::kv_cache::KvCache;
+use pathos::engine::model::{LoadOptions, Model};
+use pathos::engine::registry::{Manifest, resolve_model};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters are
+// only read and bumped.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn counted(steps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let (a0, b0) = (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    for _ in 0..steps {
+        f();
+    }
+    let (a1, b1) = (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    (
+        (a1 - a0) as f64 / steps as f64,
+        (b1 - b0) as f64 / steps as f64,
+    )
+}
+
+fn main() {
+    let manifest = Manifest::builtin().unwrap();
+    let Ok(resolved) = resolve_model(&manifest, None, true, false) else {
+        eprintln!("alloc bench skipped: run `pathos models fetch smollm2-135m` first");
+        return;
+    };
+    let model = Model::load(&resolved, &LoadOptions::default()).unwrap();
+    let tf = &model.transformer;
+    let mut one = model.new_session().unwrap();
+    tf.forward(&[1, 2, 3, 4], one.cache_mut(), Logits::Last)
+        .unwrap();
+    // Warm-up, then count.
+    let step = |cache: &mut KvCache| {
+        tf.forward(&[28], cache, Logits::Last).unwrap();
+    };
+    for _ in 0..4 {
+        step(one.cache_mut());
+    }
+    let (a, b) = counted(32, || step(one.cache_mut()));
+    println!(
+        "one sequence: {a:.0} allocations, {:.1} KiB per decode step",
+        b / 1024.0
+    );
+    let mut four: Vec<_> = (0..4).map(|_| model.new_session().unwrap()).collect();
+    let tokens = [[5u32], [6], [7], [8]];
+    let mut step4 = || {
+        let mut batch: Vec<(&[u32], &mut KvCache)> = tokens
+            .iter()
+            .zip(four.iter_mut())
+            .map(|(t, s)| (t.as_slice(), s.cache_mut()))
+            .collect();
+        tf.forward_batch(&mut batch).unwrap();
+    };
+    for _ in 0..4 {
+        step4();
+    }
+    let (a, b) = counted(32, step4);
+    println!(
+        "four sequences: {a:.0} allocations, {:.1} KiB per decode step",
+        b / 1024.0
+    );
+}
