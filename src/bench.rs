@@ -229,14 +229,10 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// One test, run once per call.
 type Test<'a> = Box<dyn Fn() -> Result<Sample> + 'a>;
 
-/// Runs the pp and tg tests (either may be 0 to skip it), then the agent and shared
-/// prefix tests asked for.
-pub fn run(
-    model: &Model,
-    opts: &BenchOptions,
-    on_progress: &mut dyn FnMut(),
-) -> Result<Vec<BenchRow>> {
-    let mut tests: Vec<(String, usize, usize, Test<'_>)> = Vec::new();
+/// The tests `opts` asks for, in order: (name, tokens, agents, the test). The pp and tg
+/// tests (either may be 0 to skip it), then the steered, agent and shared-prefix ones.
+fn plan<'a>(model: &'a Model, opts: &'a BenchOptions) -> Vec<(String, usize, usize, Test<'a>)> {
+    let mut tests: Vec<(String, usize, usize, Test<'a>)> = Vec::new();
     let (np, ng) = (opts.n_prompt, opts.n_gen);
     if np > 0 {
         tests.push((
@@ -289,8 +285,17 @@ pub fn run(
             ));
         }
     }
+    tests
+}
+
+/// Runs every test of `opts`, each once to warm up, then `repetitions` times.
+pub fn run(
+    model: &Model,
+    opts: &BenchOptions,
+    on_progress: &mut dyn FnMut(),
+) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    for (test, n, agents, f) in tests {
+    for (test, n, agents, f) in plan(model, opts) {
         f()?; // warm-up
         let mut samples = Vec::with_capacity(opts.repetitions);
         for _ in 0..opts.repetitions.max(1) {
@@ -321,14 +326,8 @@ pub fn run(
 }
 
 /// How many tests `run` will run, times the repetitions (for a progress bar).
-pub fn count(opts: &BenchOptions) -> usize {
-    let tg = usize::from(opts.n_gen > 0);
-    let tests = usize::from(opts.n_prompt > 0)
-        + tg
-        + tg * usize::from(opts.steering.is_some())
-        + tg * opts.agents.iter().filter(|&&a| a > 1).count()
-        + 2 * usize::from(opts.shared_prefix > 0);
-    tests * opts.repetitions.max(1)
+pub fn count(model: &Model, opts: &BenchOptions) -> usize {
+    plan(model, opts).len() * opts.repetitions.max(1)
 }
 
 /// The report as a markdown table with llama-bench's columns.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Backend, ChatRequest, Completion, Prompt, ScoreRequest, Scores};
-use crate::engine::generate::{GenerateRequest, Job, generate_batch};
+use crate::engine::generate::{GenerateRequest, generate_all};
 use crate::engine::model::{Model, Session};
 use crate::engine::score::score_options;
 use crate::engine::steering::Steering;
@@ -237,28 +237,17 @@ impl LocalBackend {
             let greqs: Vec<GenerateRequest> = reqs
                 .iter()
                 .zip(&prompts)
-                .map(|(r, p)| GenerateRequest {
+                .zip(&steerings)
+                .map(|((r, p), s)| GenerateRequest {
                     prompt: p.clone(),
                     sampling: r.sampling.clone(),
                     max_tokens: r.max_tokens,
                     stop: r.stop.clone(),
                     constraint: r.constraint.clone(),
-                    steering: None,
-                })
-                .zip(&steerings)
-                .map(|(g, s)| GenerateRequest {
                     steering: s.clone(),
-                    ..g
                 })
                 .collect();
-            let mut sinks: Vec<fn(&str) -> bool> = vec![|_| true; reqs.len()];
-            let mut jobs: Vec<Job<'_>> = sessions
-                .iter_mut()
-                .zip(&greqs)
-                .zip(sinks.iter_mut())
-                .map(|((session, req), sink)| Job { session, req, sink })
-                .collect();
-            Ok((generate_batch(model, &mut jobs)?, computed))
+            Ok((generate_all(model, &mut sessions, &greqs)?, computed))
         });
         {
             let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());

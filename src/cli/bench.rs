@@ -51,7 +51,7 @@ pub fn run(args: BenchArgs, offline: bool, threads: Option<usize>) -> anyhow::Re
         shared_prefix: args.shared_prefix,
         steering,
     };
-    let total = pathos::bench::count(&opts);
+    let total = pathos::bench::count(&model, &opts);
     let bar = pathos::engine::fetch::progress_bar(
         true,
         total as u64,

@@ -234,6 +234,23 @@ impl Decoding {
     }
 }
 
+/// Generates a reply to each request in its session, all decoded as one batch, without
+/// streaming (for callers that only want the results).
+pub fn generate_all(
+    model: &Model,
+    sessions: &mut [Session],
+    reqs: &[GenerateRequest],
+) -> Result<Vec<Generation>> {
+    let mut sinks: Vec<fn(&str) -> bool> = vec![|_| true; reqs.len()];
+    let mut jobs: Vec<Job<'_>> = sessions
+        .iter_mut()
+        .zip(reqs)
+        .zip(sinks.iter_mut())
+        .map(|((session, req), sink)| Job { session, req, sink })
+        .collect();
+    generate_batch(model, &mut jobs)
+}
+
 /// Generates a reply for every job together: the prompts are processed as one batch,
 /// then each step decodes one token of every sequence still running in one forward pass,
 /// so the weights are read once per step for all of them. A sequence that ends leaves

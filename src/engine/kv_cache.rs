@@ -165,11 +165,11 @@ impl KvCache {
     }
 
     /// Writes layer `layer`'s new keys and values (`[n_head_kv, t, head_dim]`) at the
-    /// current position and returns all keys and values so far as f32 tensors.
+    /// current position and returns all keys and values so far as f32 tensors (device
+    /// caches; the CPU path uses [`Self::write_host`] and [`Self::host_layer`]).
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(1)?;
         let n = self.len + t;
-        let (cap, d, heads) = (self.capacity, self.head_dim, self.n_head_kv);
         match &mut self.store {
             Store::Device { k: ks, v: vs } => {
                 ks[layer].slice_set(&k.to_dtype(DType::F16)?, 1, self.len)?;
@@ -179,24 +179,11 @@ impl KvCache {
                     vs[layer].narrow(1, 0, n)?.to_dtype(DType::F32)?,
                 ))
             }
-            Store::Host { k: ks, v: vs } => {
-                let mut views = Vec::with_capacity(2);
-                for (dst, src) in [(&mut ks[layer], k), (&mut vs[layer], v)] {
-                    let src = src.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                    for (g, rows) in src.chunks_exact(t * d).enumerate() {
-                        let at = (g * cap + self.len) * d;
-                        dst[at..at + t * d].copy_from_slice(rows);
-                    }
-                    let mut view = Vec::with_capacity(heads * n * d);
-                    for g in 0..heads {
-                        view.extend_from_slice(&dst[g * cap * d..(g * cap + n) * d]);
-                    }
-                    views.push(Tensor::from_vec(view, (heads, n, d), k.device())?);
-                }
-                let v = views.pop().expect("values");
-                let k = views.pop().expect("keys");
-                Ok((k, v))
-            }
+            // The CPU path writes with `write_host` and reads with `host_layer`.
+            Store::Host { .. } => Err(candle_core::Error::Msg(
+                "host caches are written with write_host, not append".into(),
+            )
+            .into()),
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::emotion::beam::Beam;
 use crate::emotion::detect::Detector;
-use crate::engine::generate::{GenerateRequest, Job, generate_batch};
+use crate::engine::generate::{GenerateRequest, generate_all};
 use crate::engine::model::Model;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::Message;
@@ -211,14 +211,7 @@ pub fn rewrite_all(
         .iter()
         .map(|_| model.new_session())
         .collect::<Result<Vec<_>, _>>()?;
-    let mut sinks: Vec<fn(&str) -> bool> = vec![|_| true; reqs.len()];
-    let mut jobs: Vec<Job<'_>> = sessions
-        .iter_mut()
-        .zip(&reqs)
-        .zip(sinks.iter_mut())
-        .map(|((session, req), sink)| Job { session, req, sink })
-        .collect();
-    Ok(generate_batch(model, &mut jobs)?
+    Ok(generate_all(model, &mut sessions, &reqs)?
         .into_iter()
         .map(|g| g.text)
         .collect())

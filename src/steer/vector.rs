@@ -3,7 +3,6 @@
 //! output), so `llama-cli --control-vector` reads pathos's files too. pathos adds its
 //! provenance and its calibration (BEAM level → scale) as metadata under `pathos.`.
 
-use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Seek};
 use std::path::Path;
 
@@ -239,23 +238,6 @@ impl ControlVector {
             },
             calibration,
         })
-    }
-
-    /// Metadata as a plain map (for `steer list --json` and errors).
-    pub fn summary(&self) -> HashMap<&'static str, String> {
-        let layers = self.layers();
-        HashMap::from([
-            ("spectrum", self.provenance.spectrum.clone()),
-            ("model", self.provenance.model_name.clone()),
-            (
-                "layers",
-                match (layers.first(), layers.last()) {
-                    (Some(a), Some(b)) => format!("{a}..{b}"),
-                    _ => String::new(),
-                },
-            ),
-            ("calibrated", self.calibration.is_some().to_string()),
-        ])
     }
 }
 
