@@ -8,6 +8,7 @@
 //! over an OpenAI-compatible server implements the same trait.
 
 pub mod local;
+pub mod scheduler;
 pub mod scripted;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,10 @@ pub struct Prompt {
     /// Text the assistant's answer starts with (may be empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// A whole prompt given as text, run without the chat template (the completions
+    /// API); when set, `messages` and `prefix` are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 impl Prompt {
@@ -39,6 +44,16 @@ impl Prompt {
         Self {
             messages,
             prefix: String::new(),
+            raw: None,
+        }
+    }
+
+    /// A prompt that is already text, for models used as plain completers.
+    pub fn raw(text: impl Into<String>) -> Self {
+        Self {
+            messages: Vec::new(),
+            prefix: String::new(),
+            raw: Some(text.into()),
         }
     }
 
@@ -64,6 +79,10 @@ pub struct ChatRequest {
     /// Emotion steering vectors to add inside the model (local backend only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steer: Vec<crate::steer::SteerSpec>,
+    /// Ask for each generated token's log-probability and this many alternatives
+    /// (what OpenAI clients call `logprobs`/`top_logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
 }
 
 /// A finished generation with its counts and timings.
@@ -77,6 +96,9 @@ pub struct Completion {
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// Per generated token, when the request asked for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<crate::engine::generate::TokenLogprob>,
 }
 
 /// A multiple-choice question: which of `options` is the likeliest continuation of

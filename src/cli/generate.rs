@@ -97,6 +97,7 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
         stop: args.sampling.stop.clone(),
         constraint,
         steering,
+        logprobs: None,
     };
     let mut session = model.new_session()?;
     let stdout = std::io::stdout();
