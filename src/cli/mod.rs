@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod models;
 mod rewrite;
+mod serve;
 mod steer;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ pub enum Command {
     /// Emotion steering vectors: learn, calibrate, list.
     #[command(subcommand)]
     Steer(steer::SteerCommand),
+    /// Serve the models over HTTP: OpenAI-compatible API, pathos endpoints, debate viewer.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Runs the chosen subcommand.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ethics(c) => ethics::run(c, offline),
         Command::Eval(c) => eval::run(c, offline),
         Command::Steer(c) => steer::run(c, offline),
+        Command::Serve(a) => serve::run(*a, offline),
     }
 }
 
