@@ -8,6 +8,7 @@
 //! over an OpenAI-compatible server implements the same trait.
 
 pub mod local;
+pub mod remote;
 pub mod scheduler;
 pub mod scripted;
 
@@ -154,6 +155,25 @@ pub trait Backend: Send + Sync {
     /// How many tokens `prompt` takes for `model` and how many the context holds, so
     /// callers can refuse an over-long input before starting work.
     fn prompt_room(&self, model: &str, prompt: &Prompt) -> Result<(usize, usize)>;
+}
+
+/// A boxed backend is a backend, so commands can pick local or remote at run time.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn models(&self) -> Vec<String> {
+        (**self).models()
+    }
+
+    fn chat(&self, requests: &[ChatRequest]) -> Result<Vec<Completion>> {
+        (**self).chat(requests)
+    }
+
+    fn score(&self, request: &ScoreRequest) -> Result<Scores> {
+        (**self).score(request)
+    }
+
+    fn prompt_room(&self, model: &str, prompt: &Prompt) -> Result<(usize, usize)> {
+        (**self).prompt_room(model, prompt)
+    }
 }
 
 #[cfg(test)]

@@ -333,7 +333,7 @@ pub fn load_checking_backend(
     d: &DebateArgs,
     reviewer: Option<&str>,
     offline: bool,
-) -> anyhow::Result<(pathos::backend::local::LocalBackend, Vec<String>)> {
+) -> anyhow::Result<(Box<dyn Backend>, Vec<String>)> {
     let mut specs = d.model.clone();
     if let Some(r) = reviewer {
         if specs.is_empty() {

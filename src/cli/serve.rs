@@ -12,7 +12,7 @@ use clap::Args;
 use pathos::backend::scheduler::Scheduler;
 use pathos::server::{AppState, ServeOptions, bind, check_bind, serve};
 
-use super::common::{RunArgs, load_backend};
+use super::common::{RunArgs, load_local_backend};
 use super::ethics::{Sources, load_sources};
 
 #[derive(Debug, Args)]
@@ -68,7 +68,7 @@ pub fn run(args: ServeArgs, offline: bool) -> anyhow::Result<ExitCode> {
         options.transcript_dir = d;
     }
     let standards = load_sources(&args.sources)?;
-    let (backend, _names) = load_backend(&args.model, &args.run, offline)?;
+    let (backend, _names) = load_local_backend(&args.model, &args.run, offline)?;
     let scheduler = Arc::new(Scheduler::start(Arc::new(backend), options.queue_limit)?);
     let state = Arc::new(AppState::new(scheduler, options.clone(), Some(standards))?);
     let rt = tokio::runtime::Builder::new_multi_thread()
