@@ -165,17 +165,45 @@ async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) 
             .unwrap_or("");
         let ok: bool = given.as_bytes().ct_eq(key.as_bytes()).into();
         if !ok {
-            st.metrics.record_status(401);
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(req).await
 }
 
-/// Counts every response by status.
+/// Counts every response by status, and gives the framework's own refusals (body too
+/// large, wrong method, …) the JSON error body every other error has.
 async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
-    st.metrics.record_status(res.status().as_u16());
+    let mut res = next.run(req).await;
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !json {
+        let message = match status {
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE => format!(
+                "the request body is larger than the server's limit of {} bytes (see --body-limit)",
+                st.options.body_limit
+            ),
+            axum::http::StatusCode::METHOD_NOT_ALLOWED => {
+                "this endpoint does not take that method".to_string()
+            }
+            s => s
+                .canonical_reason()
+                .unwrap_or("the request was refused")
+                .to_string(),
+        };
+        let mut e = if status.is_client_error() {
+            ApiError::invalid(None, message)
+        } else {
+            ApiError::internal(message)
+        };
+        e.status = status;
+        res = e.into_response();
+    }
+    st.metrics.record_status(status.as_u16());
     res
 }
 

@@ -131,6 +131,10 @@ pub struct CompletionRequest {
     pub echo: bool,
 }
 
+/// Stop strings a request may give (OpenAI allows 4; pathos's own debate prompts use
+/// more, and so may a remote pathos client).
+pub const MAX_STOPS: usize = 16;
+
 /// The most alternatives per token a client may ask for (as OpenAI allows).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
@@ -242,10 +246,10 @@ impl SamplingFields {
             Some(StopSpec::One(s)) => vec![s.clone()],
             Some(StopSpec::Many(v)) => v.clone(),
         };
-        if stops.len() > 4 || stops.iter().any(String::is_empty) {
+        if stops.len() > MAX_STOPS || stops.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
                 Some("stop"),
-                "`stop` takes at most 4 non-empty strings",
+                format!("`stop` takes at most {MAX_STOPS} non-empty strings"),
             ));
         }
         Ok(stops)
