@@ -5,11 +5,19 @@
 # nothing it builds is committed. Idempotent: does nothing if the binaries exist.
 #
 #   scripts/build-llamacpp.sh            # prints the bin directory on its last line
+#   scripts/build-llamacpp.sh --server   # also llama-server (for the remote backend)
 #   PATHOS_LLAMACPP_DIR=/some/dir scripts/build-llamacpp.sh
 set -euo pipefail
 DIR="${PATHOS_LLAMACPP_DIR:-$HOME/.cache/pathos/llama.cpp}"
 BIN="$DIR/build/bin"
-if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-tokenize" && -x "$BIN/llama-simple" ]]; then
+SERVER=OFF
+TARGETS=(llama-bench llama-simple llama-tokenize llama)
+if [[ "${1:-}" == "--server" ]]; then
+  SERVER=ON
+  TARGETS+=(llama-server)
+fi
+if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-tokenize" && -x "$BIN/llama-simple" ]] \
+  && [[ $SERVER == OFF || -x "$BIN/llama-server" ]]; then
   echo "$BIN"; exit 0
 fi
 mkdir -p "$DIR"
@@ -27,6 +35,6 @@ if [[ ! -x venv/bin/cmake ]]; then
 fi
 export PATH="$DIR/venv/bin:$PATH"
 cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=ON >&2
-cmake --build build -j "$(nproc)" --target llama-bench llama-simple llama-tokenize llama >&2
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER="$SERVER" -DBUILD_SHARED_LIBS=ON >&2
+cmake --build build -j "$(nproc)" --target "${TARGETS[@]}" >&2
 echo "$BIN"

@@ -490,3 +490,158 @@ fn the_openai_python_client_talks_to_the_server() {
         assert!(stdout.contains(check), "{stdout}");
     }
 }
+
+/// Reads SSE events from a rewrite until `stop_at` arrives (or the stream ends).
+fn rewrite_until(s: &Server, body: Value, stop_at: &str) -> Vec<(String, String)> {
+    let res = ureq::post(&format!("{}/v1/pathos/rewrite", s.url))
+        .send_json(body)
+        .unwrap();
+    let mut out = Vec::new();
+    let mut event = String::from("message");
+    for line in BufReader::new(res.into_reader()).lines() {
+        let Ok(line) = line else { break };
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.to_string();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            let name = std::mem::replace(&mut event, "message".into());
+            let done = name == stop_at;
+            out.push((name, d.to_string()));
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn small_rewrite() -> Value {
+    json!({
+        "text": "The shop closes early on Sundays.",
+        "target": "joy",
+        "max_rounds": 1,
+        "writers": 1,
+        "candidates": 1,
+        "keep_transcript": true,
+    })
+}
+
+#[test]
+fn a_server_killed_mid_rewrite_leaves_no_corrupt_file_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mut s = Server::start_in(tempfile::tempdir().unwrap(), path.clone(), &[]);
+    let events = rewrite_until(&s, small_rewrite(), "turn");
+    assert_eq!(events.last().unwrap().0, "turn", "{events:?}");
+    // kill -9: no chance to clean up.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let transcripts = path.join("transcripts");
+    let s = Server::start_in(dir, path.clone(), &[]);
+    let leftovers: Vec<_> = std::fs::read_dir(&transcripts)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.iter().all(|n| !n.to_string_lossy().starts_with(".pathos-transcript.")),
+        "{leftovers:?}"
+    );
+    // The restarted server finishes a rewrite; every transcript in the directory parses.
+    let events = rewrite_until(&s, small_rewrite(), "result");
+    assert_eq!(events.last().unwrap().0, "result", "{events:?}");
+    let mut whole = 0;
+    for e in std::fs::read_dir(&transcripts).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        serde_json::from_str::<Value>(&text)
+            .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+        whole += 1;
+    }
+    assert_eq!(whole, 1);
+    // The ethics journal the server used still reads.
+    let out = common::pathos_cmd(&["ethics", "queue", "--json"])
+        .env("PATHOS_JOURNAL", path.join("journal"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `sh -c script` in new mount and network namespaces, or says why it cannot.
+fn isolated(script: &str) -> Option<std::process::Output> {
+    let probe = Command::new("unshare")
+        .args(["-m", "-n", "sh", "-c", "mount -t tmpfs tmpfs /mnt"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: this machine does not allow new namespaces: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: unshare is not installed: {e}");
+            return None;
+        }
+    }
+    Some(
+        Command::new("unshare")
+            .args(["-m", "-n", "sh", "-c", script])
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_full_disk_under_the_transcript_dir_is_a_clear_error() {
+    common::model_path("smollm2-135m");
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    // A 16 KiB filesystem for transcripts; the server runs inside that mount namespace
+    // and the test talks to it on its (private) loopback, raised first.
+    let bin = env!("CARGO_BIN_EXE_pathos");
+    let script = format!(
+        r#"set -e
+ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null || true
+mount -t tmpfs -o size=16k tmpfs {small}
+PATHOS_JOURNAL={journal} {bin} -t 2 serve --port 18599 --transcript-dir {small} > {log} 2>&1 &
+pid=$!
+for i in $(seq 1 100); do grep -q listening {log} && break; sleep 0.2; done
+curl -sN http://127.0.0.1:18599/v1/pathos/rewrite -H 'content-type: application/json' -d '{body}'
+echo; echo "files: $(ls -A {small} | wc -l)"
+kill $pid"#,
+        small = small.display(),
+        journal = dir.path().join("journal").display(),
+        log = dir.path().join("serve.log").display(),
+        body = small_rewrite(),
+    );
+    let Some(out) = isolated(&script) else { return };
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("listening") || !text.contains("event:") {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        if !text.contains("event:") {
+            panic!("no rewrite stream:\n{text}\n{}\nserver log:\n{log}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    assert!(text.contains("event: error"), "{text}");
+    assert!(
+        text.contains("cannot write the transcript") && text.contains("No space left"),
+        "{text}"
+    );
+    assert!(text.contains("files: 0"), "no partial file is left: {text}");
+}
+
+#[test]
+fn a_rewrite_runs_with_no_network_at_all() {
+    common::model_path("smollm2-135m");
+    let bin = env!("CARGO_BIN_EXE_pathos");
+    let script = format!(
+        "cat /proc/net/dev | tail -n +3 | grep -v '^ *lo:' | wc -l; {bin} -t 2 rewrite 'The shop closes early on Sundays.' --to joy --max-rounds 1 --writers 1 --candidates 1 --json"
+    );
+    let Some(out) = isolated(&script) else { return };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (interfaces, json) = text.split_once('\n').unwrap();
+    assert_eq!(interfaces.trim(), "0", "only loopback exists in the namespace");
+    let v: Value = serde_json::from_str(json).unwrap();
+    assert!(!v["final_text"].as_str().unwrap().is_empty());
+}

@@ -67,6 +67,13 @@ pub fn run(args: ServeArgs, offline: bool) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.transcript_dir.clone() {
         options.transcript_dir = d;
     }
+    let stale = pathos::server::remove_stale_transcripts(&options.transcript_dir);
+    if stale > 0 {
+        tracing::warn!(
+            "removed {stale} unfinished transcript(s) left in {} by an earlier crash",
+            options.transcript_dir.display()
+        );
+    }
     let standards = load_sources(&args.sources)?;
     let (backend, _names) = load_local_backend(&args.model, &args.run, offline)?;
     let scheduler = Arc::new(Scheduler::start(Arc::new(backend), options.queue_limit)?);

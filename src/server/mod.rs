@@ -12,6 +12,7 @@ pub mod error;
 pub mod metrics;
 pub mod openai;
 mod pathos_api;
+pub use pathos_api::remove_stale_transcripts;
 mod routes;
 
 use std::net::{IpAddr, SocketAddr};

@@ -365,6 +365,19 @@ fn debate_result(
     Ok(json!({"transcript": t, "ethics": ethics, "transcript_path": path}))
 }
 
+/// Removes half-written transcripts a crashed server left behind (they were never
+/// renamed into place, so no client was told of them). Returns how many.
+pub fn remove_stale_transcripts(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".pathos-transcript."))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Writes a transcript atomically (a synced temporary file renamed into place), so a
 /// crash leaves either the whole file or none.
 fn save_transcript(
