@@ -14,5 +14,6 @@ pub mod ethics;
 pub mod eval;
 pub mod prompts;
 pub mod report;
+pub mod server;
 pub mod steer;
 pub mod suggest;
