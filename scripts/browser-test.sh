@@ -9,7 +9,8 @@
 #                                                       live mode against `pathos serve`
 #
 # Live mode opens URL/?text=…&target=…&autostart=1 (PATHOS_TEXT, PATHOS_TARGET,
-# PATHOS_MAX_ROUNDS, PATHOS_ETHICS=1 adjust it) and waits for the `result` event.
+# PATHOS_MAX_ROUNDS [2], PATHOS_CANDIDATES [1], PATHOS_ETHICS=1 adjust it) and waits for
+# the `result` event (at most PATHOS_BROWSER_TIMEOUT seconds, 900 by default).
 # Installs Debian's chromium when no browser is found and it runs as root.
 # Exit status: 0 pass, 1 fail, 2 usage, 77 skipped (no browser and none installable).
 set -euo pipefail
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT="$PWD/target/browser"
 mkdir -p "$OUT"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 
 find_browser() {
@@ -184,7 +185,8 @@ case "$1" in
     QUERY=$(python3 -c 'import sys, urllib.parse as u; q={"text": sys.argv[1], "target": sys.argv[2], "autostart": "1"}
 if sys.argv[3]: q["max_rounds"] = sys.argv[3]
 if sys.argv[4] == "1": q["ethics"] = "1"
-print(u.urlencode(q))' "${PATHOS_TEXT:-The train arrived late and I waited on the platform.}" "${PATHOS_TARGET:-joy}" "${PATHOS_MAX_ROUNDS:-2}" "${PATHOS_ETHICS:-0}")
+if sys.argv[5]: q["candidates"] = sys.argv[5]
+print(u.urlencode(q))' "${PATHOS_TEXT:-The train arrived late and I waited on the platform.}" "${PATHOS_TARGET:-joy}" "${PATHOS_MAX_ROUNDS:-2}" "${PATHOS_ETHICS:-0}" "${PATHOS_CANDIDATES:-1}")
     PAGE="${URL%/}/?$QUERY"
     echo "browser-test: $PAGE" >&2
     rm -f "$OUT/$NAME.dom.html" "$OUT/$NAME.png"
