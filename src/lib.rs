@@ -13,6 +13,7 @@ pub mod engine;
 pub mod ethics;
 pub mod eval;
 pub mod prompts;
+pub mod report;
 pub mod server;
 pub mod steer;
 pub mod suggest;

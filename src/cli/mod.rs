@@ -9,6 +9,7 @@ mod ethics;
 mod eval;
 mod generate;
 mod models;
+mod report;
 mod rewrite;
 mod serve;
 mod steer;
@@ -75,6 +76,8 @@ pub enum Command {
     /// Emotion steering vectors: learn, calibrate, list.
     #[command(subcommand)]
     Steer(steer::SteerCommand),
+    /// Render a saved debate transcript as a self-contained HTML page.
+    Report(report::ReportArgs),
     /// Serve the models over HTTP: OpenAI-compatible API, pathos endpoints, debate viewer.
     Serve(Box<serve::ServeArgs>),
 }
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ethics(c) => ethics::run(c, offline),
         Command::Eval(c) => eval::run(c, offline),
         Command::Steer(c) => steer::run(c, offline),
+        Command::Report(a) => report::run(a),
         Command::Serve(a) => serve::run(*a, offline),
     }
 }
@@ -130,6 +134,17 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// Exit status for an error: 2 for bad usage or input values, 1 otherwise.
 pub fn error_exit_code(e: &anyhow::Error) -> u8 {
     use pathos::engine::Error;
+    use pathos::report::ReportError;
+    if matches!(
+        e.downcast_ref::<ReportError>(),
+        Some(
+            ReportError::NotTranscript { .. }
+                | ReportError::Sweep { .. }
+                | ReportError::NotVerdict { .. }
+        )
+    ) {
+        return 2;
+    }
     if e.downcast_ref::<pathos::emotion::EmotionError>().is_some()
         || matches!(
             e.downcast_ref::<pathos::debate::DebateError>(),
