@@ -425,7 +425,7 @@ fn the_remote_backend_runs_detect_and_a_rewrite_through_a_pathos_server() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(!v["final_text"].as_str().unwrap_or_default().is_empty(), "{v}");
+    assert!(!v["text"].as_str().unwrap_or_default().is_empty(), "{v}");
     assert!(s.metric("pathos_admitted_total") >= 4.0);
 
     let out = common::pathos(&["--backend", "openai:http://127.0.0.1:9", "detect", "hi"]);
@@ -643,5 +643,5 @@ fn a_rewrite_runs_with_no_network_at_all() {
     let (interfaces, json) = text.split_once('\n').unwrap();
     assert_eq!(interfaces.trim(), "0", "only loopback exists in the namespace");
     let v: Value = serde_json::from_str(json).unwrap();
-    assert!(!v["final_text"].as_str().unwrap().is_empty());
+    assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
 }

@@ -333,7 +333,7 @@ fn option_logprobs(step: &TokenLogprob, options: &[String]) -> Vec<f64> {
         .map(|o| {
             top.iter()
                 .filter(|(tok, _)| {
-                    !tok.trim().is_empty() && (o == tok || (o.starts_with(tok.as_str()) && tok.trim().len() >= 1))
+                    !tok.trim().is_empty() && (o == tok || o.starts_with(tok.as_str()))
                 })
                 .map(|t| t.1 as f64)
                 .fold(f64::NEG_INFINITY, f64::max)
