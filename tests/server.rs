@@ -426,7 +426,8 @@ fn the_remote_backend_runs_detect_and_a_rewrite_through_a_pathos_server() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["text"].as_str().unwrap_or_default().is_empty(), "{v}");
-    assert!(s.metric("pathos_admitted_total") >= 4.0);
+    // At least both writers' drafts went through the server's batch.
+    assert!(s.metric("pathos_admitted_total") >= 2.0);
 
     let out = common::pathos(&["--backend", "openai:http://127.0.0.1:9", "detect", "hi"]);
     assert!(!out.status.success());
