@@ -221,11 +221,17 @@ impl RemoteBackend {
         };
         let v = self.post(path, &body)?;
         let choice = &v["choices"][0];
-        let text = choice["message"]["content"]
+        let mut text = choice["message"]["content"]
             .as_str()
             .or(choice["text"].as_str())
             .unwrap_or_default()
             .to_string();
+        // Some servers (llama-server) answer a continued assistant message with the
+        // whole message; callers get only what was generated, as from the local engine.
+        let prefix = &r.prompt.prefix;
+        if r.prompt.raw.is_none() && !prefix.is_empty() && text.starts_with(prefix.as_str()) {
+            text.drain(..prefix.len());
+        }
         let finish_reason = match choice["finish_reason"].as_str() {
             Some("length") => FinishReason::Length,
             _ => FinishReason::Eos,
