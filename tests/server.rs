@@ -31,7 +31,10 @@ impl Server {
 
     fn start_in(keep: tempfile::TempDir, dir: PathBuf, extra: &[&str]) -> Self {
         let mut child = common::pathos_cmd(&["serve", "--port", "0"])
-            .args(["--transcript-dir", dir.join("transcripts").to_str().unwrap()])
+            .args([
+                "--transcript-dir",
+                dir.join("transcripts").to_str().unwrap(),
+            ])
             .args(extra)
             .env("PATHOS_JOURNAL", dir.join("journal"))
             .stdout(Stdio::piped())
@@ -47,7 +50,10 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "default bind is loopback: {url}");
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "default bind is loopback: {url}"
+        );
         Self {
             child,
             url,
@@ -61,8 +67,8 @@ impl Server {
     }
 
     fn post_raw(&self, path: &str, body: &str, key: Option<&str>) -> (u16, Value) {
-        let mut r = ureq::post(&format!("{}{path}", self.url))
-            .set("content-type", "application/json");
+        let mut r =
+            ureq::post(&format!("{}{path}", self.url)).set("content-type", "application/json");
         if let Some(k) = key {
             r = r.set("authorization", &format!("Bearer {k}"));
         }
@@ -123,7 +129,10 @@ fn sse_events(body: impl Read) -> Vec<(String, String)> {
         if let Some(e) = line.strip_prefix("event: ") {
             event = e.to_string();
         } else if let Some(d) = line.strip_prefix("data: ") {
-            out.push((std::mem::replace(&mut event, "message".into()), d.to_string()));
+            out.push((
+                std::mem::replace(&mut event, "message".into()),
+                d.to_string(),
+            ));
         }
     }
     out
@@ -159,7 +168,10 @@ fn openai_endpoints_answer_whole_and_streamed() {
     );
     let (code, v) = s.post("/v1/chat/completions", &body);
     assert_eq!(code, 200, "{v}");
-    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!text.is_empty());
     let usage = &v["usage"];
     let n = usage["completion_tokens"].as_u64().unwrap();
@@ -174,7 +186,9 @@ fn openai_endpoints_answer_whole_and_streamed() {
         let top = lp["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 3);
         // Greedy: the chosen token is the likeliest one.
-        assert!((lp["logprob"].as_f64().unwrap() - top[0]["logprob"].as_f64().unwrap()).abs() < 1e-4);
+        assert!(
+            (lp["logprob"].as_f64().unwrap() - top[0]["logprob"].as_f64().unwrap()).abs() < 1e-4
+        );
         assert!(lp["logprob"].as_f64().unwrap() <= 0.0);
     }
 
@@ -198,8 +212,15 @@ fn openai_endpoints_answer_whole_and_streamed() {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(streamed, text);
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"].is_string()));
-    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"].as_u64(), Some(n));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"].is_string())
+    );
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"].as_u64(),
+        Some(n)
+    );
 
     // Completions: a raw prompt, no template.
     let (code, v) = s.post(
@@ -208,7 +229,13 @@ fn openai_endpoints_answer_whole_and_streamed() {
     );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
-    assert_eq!(v["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        v["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
 
     // response_format: the reply parses as JSON of the asked shape.
     let schema = json!({"type": "object", "properties": {"colour": {"type": "string"}, "count": {"type": "integer"}}, "required": ["colour", "count"]});
@@ -220,9 +247,13 @@ fn openai_endpoints_answer_whole_and_streamed() {
         ),
     );
     assert_eq!(code, 200, "{v}");
-    let answer: Value = serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap())
-        .expect("the reply is JSON");
-    assert!(answer["colour"].is_string() && answer["count"].is_i64(), "{answer}");
+    let answer: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap())
+            .expect("the reply is JSON");
+    assert!(
+        answer["colour"].is_string() && answer["count"].is_i64(),
+        "{answer}"
+    );
     let (code, v) = s.post(
         "/v1/chat/completions",
         &chat_body(
@@ -231,8 +262,9 @@ fn openai_endpoints_answer_whole_and_streamed() {
         ),
     );
     assert_eq!(code, 200, "{v}");
-    let answer: Value = serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap())
-        .expect("the reply is JSON");
+    let answer: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap())
+            .expect("the reply is JSON");
     assert!(answer.is_object());
 }
 
@@ -261,7 +293,9 @@ fn bad_requests_get_a_4xx_with_an_openai_error_body() {
         let shown: String = body.chars().take(80).collect();
         assert_eq!(code, want, "{path} {shown}: {v}");
         assert!(
-            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{path} {shown}: {v}"
         );
         assert!(v["error"]["type"].is_string(), "{v}");
@@ -270,15 +304,18 @@ fn bad_requests_get_a_4xx_with_an_openai_error_body() {
     assert_eq!(code, 405, "{v}");
     assert!(v["error"]["message"].is_string());
     // The server is still fine after all that.
-    let (code, _) = s.post("/v1/chat/completions", &chat_body("hi", json!({"max_tokens": 2})));
+    let (code, _) = s.post(
+        "/v1/chat/completions",
+        &chat_body("hi", json!({"max_tokens": 2})),
+    );
     assert_eq!(code, 200);
 }
 
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
     let s = Server::start(&["--queue-limit", "0"]);
-    let res = ureq::post(&format!("{}/v1/chat/completions", s.url))
-        .send_json(chat_body("hi", json!({})));
+    let res =
+        ureq::post(&format!("{}/v1/chat/completions", s.url)).send_json(chat_body("hi", json!({})));
     match res {
         Err(ureq::Error::Status(429, r)) => {
             assert!(r.header("retry-after").is_some());
@@ -331,7 +368,8 @@ fn open_stream(addr: &str, max_tokens: usize) -> TcpStream {
     )
     .unwrap();
     let mut first = [0u8; 64];
-    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let n = sock.read(&mut first).unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
     sock
@@ -365,7 +403,10 @@ fn a_slow_client_does_not_hold_up_the_others() {
     // Never reads its stream.
     let slow = open_stream(&s.addr(), 400);
     let start = Instant::now();
-    let (code, v) = s.post("/v1/chat/completions", &chat_body("Say yes.", json!({"max_tokens": 8})));
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("Say yes.", json!({"max_tokens": 8})),
+    );
     assert_eq!(code, 200, "{v}");
     assert!(start.elapsed() < Duration::from_secs(60));
     drop(slow);
@@ -391,7 +432,10 @@ fn rewrite_streams_every_turn_then_the_result_and_keeps_the_transcript() {
         assert!(names.contains(&want), "no {want} event in {names:?}");
     }
     let turns = names.iter().filter(|n| **n == "turn").count();
-    assert!(turns >= 4, "2 writer draws and 2 critiques at least: {names:?}");
+    assert!(
+        turns >= 4,
+        "2 writer draws and 2 critiques at least: {names:?}"
+    );
     let (_, result) = events.iter().find(|(e, _)| e == "result").unwrap();
     let result: Value = serde_json::from_str(result).unwrap();
     let t = &result["transcript"];
@@ -408,22 +452,50 @@ fn the_remote_backend_runs_detect_and_a_rewrite_through_a_pathos_server() {
     let s = Server::start(&[]);
     let backend = format!("openai:{}", s.url);
     let out = common::pathos(&[
-        "--backend", &backend, "detect", "What a wonderful, happy day!", "--json",
+        "--backend",
+        &backend,
+        "detect",
+        "What a wonderful, happy day!",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let remote: Value = serde_json::from_slice(&out.stdout).unwrap();
     let out = common::pathos(&["detect", "What a wonderful, happy day!", "--json"]);
     let local: Value = serde_json::from_slice(&out.stdout).unwrap();
     // Exact scoring through /v1/pathos/score: the same readings as in-process.
-    for (r, l) in remote["spectra"].as_array().unwrap().iter().zip(local["spectra"].as_array().unwrap()) {
+    for (r, l) in remote["spectra"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(local["spectra"].as_array().unwrap())
+    {
         assert_eq!(r["level"], l["level"], "{r} vs {l}");
         assert!((r["expected"].as_f64().unwrap() - l["expected"].as_f64().unwrap()).abs() < 1e-3);
     }
     let out = common::pathos(&[
-        "--backend", &backend, "rewrite", "The meeting was moved to Friday.", "--to", "joy",
-        "--max-rounds", "1", "--writers", "2", "--candidates", "1", "--json",
+        "--backend",
+        &backend,
+        "rewrite",
+        "The meeting was moved to Friday.",
+        "--to",
+        "joy",
+        "--max-rounds",
+        "1",
+        "--writers",
+        "2",
+        "--candidates",
+        "1",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["text"].as_str().unwrap_or_default().is_empty(), "{v}");
     // At least both writers' drafts went through the server's batch.
@@ -439,12 +511,21 @@ fn the_remote_backend_runs_detect_and_a_rewrite_through_a_pathos_server() {
 fn curl_reads_the_stream() {
     let s = Server::start(&[]);
     let out = Command::new("curl")
-        .args(["-sN", &format!("{}/v1/chat/completions", s.url), "-H", "content-type: application/json", "-d"])
+        .args([
+            "-sN",
+            &format!("{}/v1/chat/completions", s.url),
+            "-H",
+            "content-type: application/json",
+            "-d",
+        ])
         .arg(chat_body("Say hello.", json!({"stream": true, "max_tokens": 6})).to_string())
         .output()
         .expect("curl is installed");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().filter(|l| l.starts_with("data: {")).count() >= 2, "{text}");
+    assert!(
+        text.lines().filter(|l| l.starts_with("data: {")).count() >= 2,
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
 
@@ -466,7 +547,11 @@ fn openai_python() -> PathBuf {
                 .args(["install", "-q", "openai"])
                 .status()
                 .is_ok_and(|s| s.success());
-        assert!(ok, "could not install the openai package into {}", venv.display());
+        assert!(
+            ok,
+            "could not install the openai package into {}",
+            venv.display()
+        );
     }
     python
 }
@@ -542,7 +627,9 @@ fn a_server_killed_mid_rewrite_leaves_no_corrupt_file_and_restarts() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(
-        leftovers.iter().all(|n| !n.to_string_lossy().starts_with(".pathos-transcript.")),
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".pathos-transcript.")),
         "{leftovers:?}"
     );
     // The restarted server finishes a rewrite; every transcript in the directory parses.
@@ -561,7 +648,11 @@ fn a_server_killed_mid_rewrite_leaves_no_corrupt_file_and_restarts() {
         .env("PATHOS_JOURNAL", path.join("journal"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `sh -c script` in new mount and network namespaces, or says why it cannot.
@@ -620,7 +711,10 @@ kill $pid"#,
     if text.contains("listening") || !text.contains("event:") {
         let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
         if !text.contains("event:") {
-            panic!("no rewrite stream:\n{text}\n{}\nserver log:\n{log}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "no rewrite stream:\n{text}\n{}\nserver log:\n{log}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     assert!(text.contains("event: error"), "{text}");
@@ -639,10 +733,18 @@ fn a_rewrite_runs_with_no_network_at_all() {
         "cat /proc/net/dev | tail -n +3 | grep -v '^ *lo:' | wc -l; {bin} -t 2 rewrite 'The shop closes early on Sundays.' --to joy --max-rounds 1 --writers 1 --candidates 1 --json"
     );
     let Some(out) = isolated(&script) else { return };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let (interfaces, json) = text.split_once('\n').unwrap();
-    assert_eq!(interfaces.trim(), "0", "only loopback exists in the namespace");
+    assert_eq!(
+        interfaces.trim(),
+        "0",
+        "only loopback exists in the namespace"
+    );
     let v: Value = serde_json::from_str(json).unwrap();
     assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
 }

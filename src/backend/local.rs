@@ -218,7 +218,11 @@ impl LocalBackend {
     }
 
     /// The steering `specs` ask for on `served`'s model, built once per distinct set.
-    pub(crate) fn steering_for(&self, served: &Served, specs: &[SteerSpec]) -> Result<Option<Arc<Steering>>> {
+    pub(crate) fn steering_for(
+        &self,
+        served: &Served,
+        specs: &[SteerSpec],
+    ) -> Result<Option<Arc<Steering>>> {
         if specs.is_empty() {
             return Ok(None);
         }

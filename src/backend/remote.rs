@@ -47,10 +47,19 @@ impl RemoteBackend {
         let list = spec.strip_prefix("openai:").unwrap_or(spec);
         let urls: Vec<String> = list
             .split(',')
-            .map(|u| u.trim().trim_end_matches('/').trim_end_matches("/v1").to_string())
+            .map(|u| {
+                u.trim()
+                    .trim_end_matches('/')
+                    .trim_end_matches("/v1")
+                    .to_string()
+            })
             .filter(|u| !u.is_empty())
             .collect();
-        if urls.is_empty() || urls.iter().any(|u| !u.starts_with("http://") && !u.starts_with("https://")) {
+        if urls.is_empty()
+            || urls
+                .iter()
+                .any(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+        {
             return Err(Error::Remote {
                 url: spec.to_string(),
                 detail: "expected openai:http://HOST:PORT[,http://…]".into(),
@@ -329,11 +338,8 @@ fn option_logprobs(step: &TokenLogprob, options: &[String]) -> Vec<f64> {
     if top.is_empty() {
         top.push((step.token.clone(), step.logprob));
     }
-    let floor = top
-        .iter()
-        .map(|t| t.1 as f64)
-        .fold(f64::INFINITY, f64::min)
-        - std::f64::consts::LN_2;
+    let floor =
+        top.iter().map(|t| t.1 as f64).fold(f64::INFINITY, f64::min) - std::f64::consts::LN_2;
     options
         .iter()
         .map(|o| {
@@ -375,7 +381,11 @@ impl Backend for RemoteBackend {
                     self.scoring.store(EXACT, Ordering::Relaxed);
                     let logprobs: Vec<f64> = v["logprobs"]
                         .as_array()
-                        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NEG_INFINITY)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .map(|x| x.as_f64().unwrap_or(f64::NEG_INFINITY))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     if logprobs.len() == req.options.len() {
                         return Ok(Scores {
@@ -404,7 +414,11 @@ impl Backend for RemoteBackend {
     fn prompt_room(&self, model: &str, prompt: &Prompt) -> Result<(usize, usize)> {
         // Without the server's tokenizer: about four characters a token, plus the
         // template's few tokens per message.
-        let chars: usize = prompt.messages.iter().map(|m| m.content.len() + 16).sum::<usize>()
+        let chars: usize = prompt
+            .messages
+            .iter()
+            .map(|m| m.content.len() + 16)
+            .sum::<usize>()
             + prompt.prefix.len()
             + prompt.raw.as_ref().map_or(0, String::len);
         let context = self
@@ -426,11 +440,20 @@ mod tests {
         let step = TokenLogprob {
             token: " joy".into(),
             logprob: -0.5,
-            top: vec![(" joy".into(), -0.5), (" sad".into(), -1.5), (" 1".into(), -3.0)],
+            top: vec![
+                (" joy".into(), -0.5),
+                (" sad".into(), -1.5),
+                (" 1".into(), -3.0),
+            ],
         };
         let got = option_logprobs(
             &step,
-            &[" joy".into(), " sadness".into(), " 10".into(), " rage".into()],
+            &[
+                " joy".into(),
+                " sadness".into(),
+                " 10".into(),
+                " rage".into(),
+            ],
         );
         assert_eq!(got[0], -0.5);
         assert_eq!(got[1], -1.5);

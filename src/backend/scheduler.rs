@@ -275,7 +275,9 @@ impl Engine {
             let group: Vec<_> = chats.iter().filter(|(r, _)| r.model == name).collect();
             self.start_group(&name, &group);
         }
-        self.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
     }
 
     /// Starts requests for one model: sessions from the pool, shared prefixes computed
@@ -379,10 +381,9 @@ impl Engine {
             let Ok(served) = self.local.served(&name) else {
                 continue;
             };
-            let (mut mine, rest): (Vec<Running>, Vec<Running>) =
-                std::mem::take(&mut self.running)
-                    .into_iter()
-                    .partition(|r| r.model == name);
+            let (mut mine, rest): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+                .into_iter()
+                .partition(|r| r.model == name);
             self.running = rest;
             let rows = mine.iter().filter(|r| !r.seq.is_done()).count() as u64;
             let outcome = {
@@ -395,7 +396,9 @@ impl Engine {
                 // A failed pass fails every sequence in it; their sessions are dropped.
                 let msg = e.to_string();
                 for r in mine {
-                    let _ = r.events.send(ChatEvent::Done(Err(Error::Engine(msg.clone()))));
+                    let _ = r
+                        .events
+                        .send(ChatEvent::Done(Err(Error::Engine(msg.clone()))));
                 }
                 continue;
             }
@@ -421,7 +424,9 @@ impl Engine {
                 let _ = r.events.send(ChatEvent::Done(result));
             }
         }
-        self.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
         self.stats
             .busy_us
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);

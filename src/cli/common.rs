@@ -131,7 +131,9 @@ pub fn load_backend(
     if let Some(spec) = remote_backend() {
         let remote = pathos::backend::remote::RemoteBackend::connect(
             &spec,
-            std::env::var("PATHOS_BACKEND_KEY").ok().filter(|k| !k.is_empty()),
+            std::env::var("PATHOS_BACKEND_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
             std::time::Duration::from_secs(600),
         )?;
         let names = if specs.is_empty() {

@@ -174,7 +174,9 @@ fn remote(
     }
     let backend = pathos::backend::remote::RemoteBackend::connect(
         spec,
-        std::env::var("PATHOS_BACKEND_KEY").ok().filter(|k| !k.is_empty()),
+        std::env::var("PATHOS_BACKEND_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
         std::time::Duration::from_secs(600),
     )?;
     let model = match &args.model.model {

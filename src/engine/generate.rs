@@ -219,9 +219,7 @@ impl Decoding {
             self.finish = Some(FinishReason::Eos);
             return Ok(None);
         }
-        if self.generated.len() >= req.max_tokens
-            || session.cache.len() + 1 > session.capacity()
-        {
+        if self.generated.len() >= req.max_tokens || session.cache.len() + 1 > session.capacity() {
             self.finish = Some(FinishReason::Length);
             return Ok(None);
         }
@@ -309,7 +307,11 @@ impl Scored {
         let text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
         TokenLogprob {
             token: text(token),
-            logprob: self.logits.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY)
+            logprob: self
+                .logits
+                .get(token as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY)
                 - self.log_total,
             top: self
                 .top

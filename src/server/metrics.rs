@@ -54,7 +54,10 @@ pub async fn render(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         }
         out.push_str("# HELP pathos_request_seconds Time spent answering requests, by endpoint.\n# TYPE pathos_request_seconds summary\n");
         for (e, (n, secs)) in &m.requests {
-            let _ = writeln!(out, "pathos_request_seconds_sum{{endpoint=\"{e}\"}} {secs:.6}");
+            let _ = writeln!(
+                out,
+                "pathos_request_seconds_sum{{endpoint=\"{e}\"}} {secs:.6}"
+            );
             let _ = writeln!(out, "pathos_request_seconds_count{{endpoint=\"{e}\"}} {n}");
         }
         out.push_str("# HELP pathos_responses_total HTTP responses, by status code.\n# TYPE pathos_responses_total counter\n");
@@ -66,37 +69,91 @@ pub async fn render(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let generated = load(&s.generated_tokens);
     let steps = load(&s.steps);
     let counters = [
-        ("pathos_admitted_total", "Generation requests admitted into a batch.", load(&s.admitted)),
-        ("pathos_rejected_total", "Requests refused because the queue was full (429).", load(&s.rejected)),
-        ("pathos_cancelled_total", "Generations ended because the client went away.", load(&s.cancelled)),
-        ("pathos_prompt_tokens_total", "Prompt tokens of finished generations.", load(&s.prompt_tokens)),
-        ("pathos_generated_tokens_total", "Tokens generated.", generated),
-        ("pathos_forward_passes_total", "Batched forward passes run.", steps),
+        (
+            "pathos_admitted_total",
+            "Generation requests admitted into a batch.",
+            load(&s.admitted),
+        ),
+        (
+            "pathos_rejected_total",
+            "Requests refused because the queue was full (429).",
+            load(&s.rejected),
+        ),
+        (
+            "pathos_cancelled_total",
+            "Generations ended because the client went away.",
+            load(&s.cancelled),
+        ),
+        (
+            "pathos_prompt_tokens_total",
+            "Prompt tokens of finished generations.",
+            load(&s.prompt_tokens),
+        ),
+        (
+            "pathos_generated_tokens_total",
+            "Tokens generated.",
+            generated,
+        ),
+        (
+            "pathos_forward_passes_total",
+            "Batched forward passes run.",
+            steps,
+        ),
     ];
     for (name, help, v) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     }
     let gauges = [
-        ("pathos_queue_depth", "Requests waiting for a place in the batch.", s.waiting.load(Ordering::Relaxed) as f64),
-        ("pathos_batch_size", "Sequences in the running batch now.", s.running.load(Ordering::Relaxed) as f64),
+        (
+            "pathos_queue_depth",
+            "Requests waiting for a place in the batch.",
+            s.waiting.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pathos_batch_size",
+            "Sequences in the running batch now.",
+            s.running.load(Ordering::Relaxed) as f64,
+        ),
         (
             "pathos_batch_size_mean",
             "Mean sequences per forward pass since start.",
-            if steps > 0 { load(&s.step_rows) as f64 / steps as f64 } else { 0.0 },
+            if steps > 0 {
+                load(&s.step_rows) as f64 / steps as f64
+            } else {
+                0.0
+            },
         ),
-        ("pathos_engine_busy_seconds", "Time the engine spent in forward passes and sampling.", busy),
+        (
+            "pathos_engine_busy_seconds",
+            "Time the engine spent in forward passes and sampling.",
+            busy,
+        ),
         (
             "pathos_tokens_per_second",
             "Generated tokens per second of engine busy time since start.",
-            if busy > 0.0 { generated as f64 / busy } else { 0.0 },
+            if busy > 0.0 {
+                generated as f64 / busy
+            } else {
+                0.0
+            },
         ),
-        ("pathos_uptime_seconds", "Seconds since the server started.", st.started.elapsed().as_secs_f64()),
+        (
+            "pathos_uptime_seconds",
+            "Seconds since the server started.",
+            st.started.elapsed().as_secs_f64(),
+        ),
     ];
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
 }

@@ -228,7 +228,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pathos/rewrite", post(pathos_api::rewrite))
         .route("/v1/pathos/emotions", get(pathos_api::emotions))
         .route("/metrics", get(metrics::render))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_key));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ));
     Router::new()
         .route("/", get(routes::viewer))
         .route("/health", get(routes::health))

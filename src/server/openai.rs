@@ -140,7 +140,10 @@ pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(None, "the request body is empty; send a JSON object"));
+        return Err(ApiError::invalid(
+            None,
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
@@ -151,7 +154,10 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             .map(str::to_string);
         ApiError {
             param,
-            ..ApiError::invalid(None, format!("the request body is not a valid request: {msg}"))
+            ..ApiError::invalid(
+                None,
+                format!("the request body is not a valid request: {msg}"),
+            )
         }
     })
 }
@@ -160,7 +166,10 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 pub fn parse_chat(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     let req: ChatCompletionRequest = parse(body)?;
     if req.messages.is_empty() {
-        return Err(ApiError::invalid(Some("messages"), "`messages` must not be empty"));
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "`messages` must not be empty",
+        ));
     }
     if let Some(n) = req.top_logprobs {
         if n > MAX_TOP_LOGPROBS {
@@ -319,7 +328,9 @@ impl ChatCompletionRequest {
                 other => {
                     return Err(ApiError::invalid(
                         Some("messages"),
-                        format!("unsupported message role `{other}` (system, developer, user, assistant)"),
+                        format!(
+                            "unsupported message role `{other}` (system, developer, user, assistant)"
+                        ),
                     ));
                 }
             };
@@ -337,9 +348,9 @@ impl ChatCompletionRequest {
         }
         let constraint = match &self.response_format {
             None | Some(ResponseFormat::Text) => None,
-            Some(ResponseFormat::JsonObject) => {
-                Some(Constraint::JsonSchema(serde_json::json!({"type": "object"})))
-            }
+            Some(ResponseFormat::JsonObject) => Some(Constraint::JsonSchema(
+                serde_json::json!({"type": "object"}),
+            )),
             Some(ResponseFormat::JsonSchema { json_schema }) => Some(Constraint::JsonSchema(
                 json_schema
                     .schema
@@ -361,7 +372,9 @@ impl ChatCompletionRequest {
             stop: self.sampling.stops()?,
             constraint,
             steer: self.sampling.steer()?,
-            logprobs: self.logprobs.then(|| self.top_logprobs.unwrap_or(0) as usize),
+            logprobs: self
+                .logprobs
+                .then(|| self.top_logprobs.unwrap_or(0) as usize),
         })
     }
 }
@@ -374,7 +387,10 @@ impl CompletionRequest {
             PromptSpec::Many(v) => v.first().cloned().unwrap_or_default(),
         };
         if text.is_empty() {
-            return Err(ApiError::invalid(Some("prompt"), "`prompt` must not be empty"));
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                "`prompt` must not be empty",
+            ));
         }
         Ok(ChatRequest {
             model: model.to_string(),
@@ -530,8 +546,8 @@ mod tests {
 
     #[test]
     fn parses_a_plain_chat_request_with_defaults() {
-        let r = chat(r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"seed":7}"#)
-            .unwrap();
+        let r =
+            chat(r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"seed":7}"#).unwrap();
         assert_eq!(r.prompt.messages.len(), 1);
         assert_eq!(r.sampling.seed, 7);
         assert_eq!(r.max_tokens, 2048);
@@ -569,17 +585,50 @@ mod tests {
             ("[]", None),
             (r#"{"messages":[]}"#, Some("messages")),
             (r#"{"model":"x"}"#, Some("messages")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"n":2}"#, Some("n")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"temperature":9}"#, Some("temperature")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"max_tokens":0}"#, Some("max_tokens")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"top_logprobs":3}"#, Some("top_logprobs")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"logprobs":true,"top_logprobs":99}"#, Some("top_logprobs")),
-            (r#"{"messages":[{"role":"tool","content":"q"}]}"#, Some("messages")),
-            (r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, Some("messages")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"stop":["","x"]}"#, Some("stop")),
-            (r#"{"messages":[{"role":"user","content":"q"}],"response_format":{"type":"xml"}}"#, None),
-            (r#"{"messages":[{"role":"user","content":"q"}],"steer":["nope:+9"]}"#, Some("steer")),
-            (r#"{"messages":[{"role":"assistant","content":"q"}]}"#, Some("messages")),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"n":2}"#,
+                Some("n"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"temperature":9}"#,
+                Some("temperature"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"max_tokens":0}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"top_logprobs":3}"#,
+                Some("top_logprobs"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"logprobs":true,"top_logprobs":99}"#,
+                Some("top_logprobs"),
+            ),
+            (
+                r#"{"messages":[{"role":"tool","content":"q"}]}"#,
+                Some("messages"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                Some("messages"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"stop":["","x"]}"#,
+                Some("stop"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"response_format":{"type":"xml"}}"#,
+                None,
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"q"}],"steer":["nope:+9"]}"#,
+                Some("steer"),
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","content":"q"}]}"#,
+                Some("messages"),
+            ),
         ];
         for (body, param) in cases {
             let e = chat(body).expect_err(body);
@@ -601,6 +650,11 @@ mod tests {
         assert_eq!((r.max_tokens, r.logprobs), (5, Some(2)));
         assert!(parse_completion(br#"{"prompt":["a","b"]}"#).is_err());
         assert!(parse_completion(br#"{"prompt":"a","echo":true}"#).is_err());
-        assert!(parse_completion(br#"{"prompt":""}"#).unwrap().to_request("m").is_err());
+        assert!(
+            parse_completion(br#"{"prompt":""}"#)
+                .unwrap()
+                .to_request("m")
+                .is_err()
+        );
     }
 }

@@ -30,8 +30,12 @@ use crate::emotion::detect::Detector;
 use crate::ethics::check::Method;
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(None, format!("the request body is not a valid request: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            None,
+            format!("the request body is not a valid request: {e}"),
+        )
+    })
 }
 
 fn nonempty(text: &str) -> Result<(), ApiError> {
@@ -155,7 +159,9 @@ pub async fn ethics_check(State(st): State<Arc<AppState>>, body: Bytes) -> Respo
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
         if st.standards.is_none() {
-            return Err(ApiError::internal("the server was started without ethics standards"));
+            return Err(ApiError::internal(
+                "the server was started without ethics standards",
+            ));
         }
         let permit = (b.rectify || b.review)
             .then(|| st.debates.clone().try_acquire_owned())
@@ -199,7 +205,15 @@ fn ethics_json(
             advocate_model: model.to_string(),
             eris_model: model.to_string(),
         };
-        let r = review(backend, text, &report, &who, &cfg, &standards.journal, &Quiet)?;
+        let r = review(
+            backend,
+            text,
+            &report,
+            &who,
+            &cfg,
+            &standards.journal,
+            &Quiet,
+        )?;
         verdict = r.verdict;
         out["review"] = json!(r);
     }
@@ -245,7 +259,9 @@ struct Forward(UnboundedSender<SseEvent>);
 
 impl Forward {
     fn send(&self, name: &str, data: Value) {
-        let _ = self.0.send(SseEvent::default().event(name).data(data.to_string()));
+        let _ = self
+            .0
+            .send(SseEvent::default().event(name).data(data.to_string()));
     }
 }
 
@@ -267,9 +283,10 @@ impl Observer for Forward {
             Event::Turn { round, turn } => self.send("turn", json!({"round": round, "turn": turn})),
             Event::RoundEnd(r) => self.send("round_end", json!({"round": r})),
             Event::Step(s) => self.send("step", json!({"text": s})),
-            Event::Detecting(what) => {
-                self.send("step", json!({"text": format!("reading the emotions of the {what}")}))
-            }
+            Event::Detecting(what) => self.send(
+                "step",
+                json!({"text": format!("reading the emotions of the {what}")}),
+            ),
             Event::Synthesis => self.send("step", json!({"text": "synthesis"})),
             Event::Done(stop) => self.send("step", json!({"text": "done", "stop_reason": stop})),
         }
@@ -311,7 +328,9 @@ pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         cfg.validate()
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
         if b.ethics && st.standards.is_none() {
-            return Err(ApiError::internal("the server was started without ethics standards"));
+            return Err(ApiError::internal(
+                "the server was started without ethics standards",
+            ));
         }
         let permit = st
             .debates
@@ -328,9 +347,11 @@ pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
                 Err(e) => fwd.send("error", e.body()),
             }
         });
-        Ok(Sse::new(UnboundedReceiverStream::new(rx).map(Ok::<_, Infallible>))
-            .keep_alive(KeepAlive::default())
-            .into_response())
+        Ok(
+            Sse::new(UnboundedReceiverStream::new(rx).map(Ok::<_, Infallible>))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+        )
     }
     .await;
     st.metrics.record_request("rewrite", started.elapsed());
@@ -373,7 +394,11 @@ pub fn remove_stale_transcripts(dir: &std::path::Path) -> usize {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".pathos-transcript."))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".pathos-transcript.")
+        })
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
 }

@@ -73,10 +73,19 @@ pub async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> R
         let (model, context) = st.model(req.model.as_deref())?;
         let creq = req.to_request(&model, context)?;
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        run(&st, creq, Api::Chat, req.stream, include_usage, req.logprobs).await
+        run(
+            &st,
+            creq,
+            Api::Chat,
+            req.stream,
+            include_usage,
+            req.logprobs,
+        )
+        .await
     }
     .await;
-    st.metrics.record_request("chat_completions", started.elapsed());
+    st.metrics
+        .record_request("chat_completions", started.elapsed());
     out.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -87,7 +96,15 @@ pub async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Respon
         let (model, _) = st.model(req.model.as_deref())?;
         let creq = req.to_request(&model)?;
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        run(&st, creq, Api::Text, req.stream, include_usage, req.logprobs.is_some()).await
+        run(
+            &st,
+            creq,
+            Api::Text,
+            req.stream,
+            include_usage,
+            req.logprobs.is_some(),
+        )
+        .await
     }
     .await;
     st.metrics.record_request("completions", started.elapsed());
@@ -240,7 +257,10 @@ impl Streamer {
     }
 
     async fn send(&self, v: Value) -> bool {
-        self.tx.send(Event::default().data(v.to_string())).await.is_ok()
+        self.tx
+            .send(Event::default().data(v.to_string()))
+            .await
+            .is_ok()
     }
 
     async fn pump(
