@@ -1,0 +1,22 @@
+//! Property-based fuzz targets of the surfaces that take hostile input: GGUF files (and
+//! everything built from their headers), text and token ids given to the tokenizers, and
+//! chat templates with the messages rendered through them. Each target asserts that
+//! nothing panics and errors come back as errors, plus a round-trip property where there
+//! is one. Findings are pinned in `regressions`.
+//!
+//! `cargo test --release --test fuzz` runs every target for `PATHOS_FUZZ_CASES` cases
+//! (default 256); `scripts/fuzz.sh` runs each for a time budget and counts executions.
+//! The environment variables are described in `fuzz/harness.rs`.
+
+#[path = "fuzz/gguf.rs"]
+mod gguf;
+#[path = "fuzz/gguf_build.rs"]
+mod gguf_build;
+#[path = "fuzz/harness.rs"]
+mod harness;
+#[path = "fuzz/regressions.rs"]
+mod regressions;
+#[path = "fuzz/template.rs"]
+mod template;
+#[path = "fuzz/tokenizer.rs"]
+mod tokenizer;
