@@ -13,5 +13,6 @@ pub mod engine;
 pub mod ethics;
 pub mod eval;
 pub mod prompts;
+pub mod server;
 pub mod steer;
 pub mod suggest;

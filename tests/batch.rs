@@ -28,6 +28,7 @@ fn request(
         stop: vec![],
         constraint: None,
         steering: None,
+        logprobs: None,
     }
 }
 
@@ -116,6 +117,7 @@ fn agents_sharing_a_prompt_prefix_compute_it_once() {
             stop: vec![],
             constraint: None,
             steer: vec![],
+            logprobs: None,
         })
         .collect();
     let together = backend.chat(&reqs).unwrap();

@@ -257,6 +257,7 @@ fn streaming_is_utf8_safe_and_matches_the_final_text() {
         stop: vec![],
         constraint: None,
         steering: None,
+        logprobs: None,
     };
     let g = generate(&m, &mut session, &req, &mut |s: &str| {
         streamed.push_str(s);

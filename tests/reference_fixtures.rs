@@ -123,6 +123,7 @@ fn greedy_tokens_match_llama_cpp() {
                 stop: vec![],
                 constraint: None,
                 steering: None,
+                logprobs: None,
             };
             let g = generate(&m, &mut session, &req, &mut |_: &str| true).unwrap();
             match g.tokens.iter().zip(&want).position(|(a, b)| a != b) {

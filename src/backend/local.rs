@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Backend, ChatRequest, Completion, Prompt, ScoreRequest, Scores};
-use crate::engine::generate::{GenerateRequest, generate_all};
+use crate::engine::generate::{GenerateRequest, Generation, generate_all};
 use crate::engine::model::{Model, Session};
 use crate::engine::score::score_options;
 use crate::engine::steering::Steering;
@@ -26,10 +26,52 @@ use crate::steer::SteerSpec;
 const POOL_SIZE: usize = 8;
 
 /// Sequences decoded together at most; more requests wait for the next batch.
-const MAX_BATCH: usize = 8;
+pub(crate) const MAX_BATCH: usize = 8;
 
 /// A shared prefix shorter than this is recomputed rather than copied.
 const MIN_SHARED: usize = 16;
+
+/// The tokens a prompt puts before the model: through its chat template unless given
+/// as raw text.
+pub(crate) fn encode(model: &Model, prompt: &Prompt) -> Result<Vec<u32>> {
+    match &prompt.raw {
+        Some(text) => model.encode_prompt(text),
+        None => model.encode_chat(&prompt.messages, &prompt.prefix),
+    }
+}
+
+/// What the engine runs for a chat request, once its prompt is tokenized and its
+/// steering built.
+pub(crate) fn generate_request(
+    r: &ChatRequest,
+    prompt: Vec<u32>,
+    steering: Option<Arc<Steering>>,
+) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        sampling: r.sampling.clone(),
+        max_tokens: r.max_tokens,
+        stop: r.stop.clone(),
+        constraint: r.constraint.clone(),
+        steering,
+        logprobs: r.logprobs,
+    }
+}
+
+/// A generation as the backend reports it; `shared` is the prefix computed for the
+/// batch before the generation started (tokens, ms), which is work done, not a cache hit.
+pub(crate) fn completion(g: Generation, shared: (usize, f64)) -> Completion {
+    Completion {
+        text: g.text,
+        finish_reason: g.finish_reason,
+        prompt_tokens: g.timings.prompt_tokens,
+        cached_tokens: g.timings.cached_tokens.saturating_sub(shared.0),
+        generated_tokens: g.timings.generated_tokens,
+        prompt_ms: g.timings.prompt_ms + shared.1,
+        generation_ms: g.timings.generation_ms,
+        logprobs: g.logprobs,
+    }
+}
 
 fn shared_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -41,7 +83,7 @@ fn shared_prefix(a: &[u32], b: &[u32]) -> usize {
 ///
 /// Returns, per session, how many prompt tokens it computed here and in how many
 /// milliseconds, so they are not reported as found in a cache.
-fn share_prefixes(
+pub(crate) fn share_prefixes(
     model: &Model,
     sessions: &mut [Session],
     prompts: &[Vec<u32>],
@@ -111,14 +153,25 @@ fn share_prefixes(
     Ok(computed)
 }
 
-struct Served {
-    name: String,
-    model: Model,
+pub(crate) struct Served {
+    pub(crate) name: String,
+    pub(crate) model: Model,
     /// Least recently used first.
-    pool: Mutex<Vec<Session>>,
+    pub(crate) pool: Mutex<Vec<Session>>,
     /// Steering built for each set of steering specs asked for (vectors are read and
     /// checked once; equal specs share one steering, so their caches serve each other).
     steerings: Mutex<HashMap<String, Option<Arc<Steering>>>>,
+}
+
+impl Served {
+    /// Returns sessions to the pool as the most recently used, dropping the least
+    /// recently used beyond its size.
+    pub(crate) fn give_back(&self, sessions: impl IntoIterator<Item = Session>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.extend(sessions);
+        let excess = pool.len().saturating_sub(POOL_SIZE);
+        pool.drain(..excess);
+    }
 }
 
 /// Runs requests on GGUF models loaded in this process.
@@ -147,7 +200,7 @@ impl LocalBackend {
         Ok(&self.served(name)?.model)
     }
 
-    fn served(&self, name: &str) -> Result<&Served> {
+    pub(crate) fn served(&self, name: &str) -> Result<&Served> {
         self.served
             .iter()
             .find(|s| s.name == name)
@@ -165,7 +218,7 @@ impl LocalBackend {
     }
 
     /// The steering `specs` ask for on `served`'s model, built once per distinct set.
-    fn steering_for(&self, served: &Served, specs: &[SteerSpec]) -> Result<Option<Arc<Steering>>> {
+    pub(crate) fn steering_for(&self, served: &Served, specs: &[SteerSpec]) -> Result<Option<Arc<Steering>>> {
         if specs.is_empty() {
             return Ok(None);
         }
@@ -182,7 +235,7 @@ impl LocalBackend {
 
     /// Takes the pooled session best placed for `tokens` under `steering` out of the
     /// pool (a new one when none shares anything and the pool has room to grow).
-    fn take_session(
+    pub(crate) fn take_session(
         &self,
         served: &Served,
         pool: &mut Vec<Session>,
@@ -215,7 +268,7 @@ impl LocalBackend {
         let model = &served.model;
         let prompts = reqs
             .iter()
-            .map(|r| model.encode_chat(&r.prompt.messages, &r.prompt.prefix))
+            .map(|r| encode(model, &r.prompt))
             .collect::<Result<Vec<_>>>()?;
         let steerings = reqs
             .iter()
@@ -238,36 +291,16 @@ impl LocalBackend {
                 .iter()
                 .zip(&prompts)
                 .zip(&steerings)
-                .map(|((r, p), s)| GenerateRequest {
-                    prompt: p.clone(),
-                    sampling: r.sampling.clone(),
-                    max_tokens: r.max_tokens,
-                    stop: r.stop.clone(),
-                    constraint: r.constraint.clone(),
-                    steering: s.clone(),
-                })
+                .map(|((r, p), s)| generate_request(r, p.clone(), s.clone()))
                 .collect();
             Ok((generate_all(model, &mut sessions, &greqs)?, computed))
         });
-        {
-            let mut pool = served.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.extend(sessions);
-            let excess = pool.len().saturating_sub(POOL_SIZE);
-            pool.drain(..excess);
-        }
+        served.give_back(sessions);
         let (gens, computed) = result?;
         Ok(gens
             .into_iter()
             .zip(computed)
-            .map(|(g, (tokens, ms))| Completion {
-                text: g.text,
-                finish_reason: g.finish_reason,
-                prompt_tokens: g.timings.prompt_tokens,
-                cached_tokens: g.timings.cached_tokens.saturating_sub(tokens),
-                generated_tokens: g.timings.generated_tokens,
-                prompt_ms: g.timings.prompt_ms + ms,
-                generation_ms: g.timings.generation_ms,
-            })
+            .map(|(g, shared)| completion(g, shared))
             .collect())
     }
 
@@ -325,7 +358,7 @@ impl Backend for LocalBackend {
         let start = Instant::now();
         let served = self.served(&req.model)?;
         let model = &served.model;
-        let tokens = model.encode_chat(&req.prompt.messages, &req.prompt.prefix)?;
+        let tokens = encode(model, &req.prompt)?;
         let options = req
             .options
             .iter()
@@ -343,7 +376,7 @@ impl Backend for LocalBackend {
 
     fn prompt_room(&self, model: &str, prompt: &Prompt) -> Result<(usize, usize)> {
         let served = self.served(model)?;
-        let tokens = served.model.encode_chat(&prompt.messages, &prompt.prefix)?;
+        let tokens = encode(&served.model, prompt)?;
         Ok((tokens.len(), served.model.context))
     }
 }

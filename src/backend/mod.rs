@@ -8,6 +8,8 @@
 //! over an OpenAI-compatible server implements the same trait.
 
 pub mod local;
+pub mod remote;
+pub mod scheduler;
 pub mod scripted;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,10 @@ pub struct Prompt {
     /// Text the assistant's answer starts with (may be empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// A whole prompt given as text, run without the chat template (the completions
+    /// API); when set, `messages` and `prefix` are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 impl Prompt {
@@ -39,6 +45,16 @@ impl Prompt {
         Self {
             messages,
             prefix: String::new(),
+            raw: None,
+        }
+    }
+
+    /// A prompt that is already text, for models used as plain completers.
+    pub fn raw(text: impl Into<String>) -> Self {
+        Self {
+            messages: Vec::new(),
+            prefix: String::new(),
+            raw: Some(text.into()),
         }
     }
 
@@ -64,6 +80,10 @@ pub struct ChatRequest {
     /// Emotion steering vectors to add inside the model (local backend only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steer: Vec<crate::steer::SteerSpec>,
+    /// Ask for each generated token's log-probability and this many alternatives
+    /// (what OpenAI clients call `logprobs`/`top_logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
 }
 
 /// A finished generation with its counts and timings.
@@ -77,6 +97,9 @@ pub struct Completion {
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// Per generated token, when the request asked for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<crate::engine::generate::TokenLogprob>,
 }
 
 /// A multiple-choice question: which of `options` is the likeliest continuation of
@@ -132,6 +155,25 @@ pub trait Backend: Send + Sync {
     /// How many tokens `prompt` takes for `model` and how many the context holds, so
     /// callers can refuse an over-long input before starting work.
     fn prompt_room(&self, model: &str, prompt: &Prompt) -> Result<(usize, usize)>;
+}
+
+/// A boxed backend is a backend, so commands can pick local or remote at run time.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn models(&self) -> Vec<String> {
+        (**self).models()
+    }
+
+    fn chat(&self, requests: &[ChatRequest]) -> Result<Vec<Completion>> {
+        (**self).chat(requests)
+    }
+
+    fn score(&self, request: &ScoreRequest) -> Result<Scores> {
+        (**self).score(request)
+    }
+
+    fn prompt_room(&self, model: &str, prompt: &Prompt) -> Result<(usize, usize)> {
+        (**self).prompt_room(model, prompt)
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ impl Backend for ScriptedBackend {
                     cached_tokens: 0,
                     prompt_ms: 0.0,
                     generation_ms: 0.0,
+                    logprobs: Vec::new(),
                 }
             })
             .collect())

@@ -74,6 +74,7 @@ pub fn run(args: ChatArgs, offline: bool) -> anyhow::Result<ExitCode> {
             stop: args.sampling.stop.clone(),
             constraint: None,
             steering: None,
+            logprobs: None,
         };
         let mut sink = |s: &str| {
             out.write_all(s.as_bytes())

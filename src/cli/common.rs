@@ -127,6 +127,51 @@ pub fn load_backend(
     specs: &[String],
     run: &RunArgs,
     offline: bool,
+) -> anyhow::Result<(Box<dyn pathos::backend::Backend>, Vec<String>)> {
+    if let Some(spec) = remote_backend() {
+        let remote = pathos::backend::remote::RemoteBackend::connect(
+            &spec,
+            std::env::var("PATHOS_BACKEND_KEY").ok().filter(|k| !k.is_empty()),
+            std::time::Duration::from_secs(600),
+        )?;
+        let names = if specs.is_empty() {
+            vec![pathos::backend::Backend::models(&remote)[0].clone()]
+        } else {
+            specs.iter().map(|s| s.trim().to_string()).collect()
+        };
+        tracing::info!("using the remote backend at {}", remote.url());
+        return Ok((Box::new(remote), names));
+    }
+    let (local, names) = load_local_backend(specs, run, offline)?;
+    Ok((Box::new(local), names))
+}
+
+/// The `--backend` (or `PATHOS_BACKEND`) setting, when it names a remote server.
+static BACKEND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Records `--backend` for [`load_backend`]; `local` (or nothing) keeps models in
+/// this process.
+pub fn set_backend(spec: Option<String>) -> anyhow::Result<()> {
+    let spec = spec.filter(|s| !s.trim().is_empty() && s.trim() != "local");
+    if let Some(s) = &spec
+        && !s.starts_with("openai:")
+    {
+        anyhow::bail!("unknown backend `{s}`: use `local` or `openai:URL[,URL…]`");
+    }
+    let _ = BACKEND.set(spec);
+    Ok(())
+}
+
+/// The remote backend asked for, if any.
+pub fn remote_backend() -> Option<String> {
+    BACKEND.get().cloned().flatten()
+}
+
+/// Loads the models into this process (see [`load_backend`]).
+pub fn load_local_backend(
+    specs: &[String],
+    run: &RunArgs,
+    offline: bool,
 ) -> anyhow::Result<(pathos::backend::local::LocalBackend, Vec<String>)> {
     let manifest = Manifest::builtin()?;
     let names: Vec<String> = if specs.is_empty() {

@@ -12,13 +12,13 @@ use pathos::debate::argue::ArgueConfig;
 use pathos::debate::protocol::Quiet;
 use pathos::emotion::beam::{Beam, format_level};
 use pathos::engine::registry::{Manifest, pathos_home};
-use pathos::ethics::check::{Checker, Method, Outcome, Report};
+use pathos::ethics::Standards;
+use pathos::ethics::check::{Method, Outcome, Report};
 use pathos::ethics::eris::{Reviewers, Settlement, review};
 use pathos::ethics::feedback::{self, Entry, Verdict};
 use pathos::ethics::journal::Journal;
-use pathos::ethics::learn::{LearnConfig, Profiles, learn};
+use pathos::ethics::learn::{LearnConfig, learn};
 use pathos::ethics::policy::Policy;
-use pathos::ethics::rules::Ruleset;
 use pathos::eval::rewrite::load_corpus;
 use sha2::{Digest, Sha256};
 
@@ -275,54 +275,14 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Policy, profiles and rules (with the journal's decisions folded in), ready for a
-/// checker.
-pub struct Loaded {
-    pub policy: Policy,
-    pub profiles: Profiles,
-    pub rules: Ruleset,
-    pub precedents: feedback::Precedents,
-    pub journal: Journal,
-}
-
-impl Loaded {
-    /// A checker over these sources asking `model`.
-    pub fn checker<'a>(
-        &'a self,
-        backend: &'a dyn Backend,
-        model: &str,
-        method: Method,
-    ) -> Checker<'a> {
-        Checker::new(
-            backend,
-            Beam::builtin(),
-            &self.policy,
-            &self.profiles,
-            self.rules.clone(),
-            self.precedents.clone(),
-            model,
-            method,
-        )
-    }
-}
-
-pub fn load_sources(s: &Sources) -> anyhow::Result<Loaded> {
-    let policy = load_policy(s.policy.as_deref())?;
-    let (profiles, origin) = match &s.profiles {
-        Some(p) => (Profiles::load(p)?, p.clone()),
-        None => (Profiles::builtin()?, PathBuf::from("builtin profiles")),
-    };
-    profiles.fits(&policy, &origin)?;
-    let journal = open_journal(&s.journal)?;
-    let mut rules = Ruleset::with_learned(&policy, &profiles.rules);
-    let precedents = feedback::apply(&journal.read()?, &mut rules);
-    Ok(Loaded {
-        policy,
-        profiles,
-        rules,
-        precedents,
-        journal,
-    })
+/// Reads the policy, profiles and journal the arguments name (built-in defaults
+/// otherwise).
+pub fn load_sources(s: &Sources) -> anyhow::Result<Standards> {
+    Ok(Standards::load(
+        s.policy.as_deref(),
+        s.profiles.as_deref(),
+        &journal_dir(&s.journal),
+    )?)
 }
 
 fn print_report(r: &Report) {
@@ -373,7 +333,7 @@ pub fn load_checking_backend(
     d: &DebateArgs,
     reviewer: Option<&str>,
     offline: bool,
-) -> anyhow::Result<(pathos::backend::local::LocalBackend, Vec<String>)> {
+) -> anyhow::Result<(Box<dyn Backend>, Vec<String>)> {
     let mut specs = d.model.clone();
     if let Some(r) = reviewer {
         if specs.is_empty() {

@@ -72,7 +72,10 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let sampling = args.sampling.params()?;
     let constraint = args.constraint()?;
     let specs = args.steer.specs()?;
-    let prompt = read_prompt(args.prompt)?;
+    let prompt = read_prompt(args.prompt.clone())?;
+    if let Some(spec) = super::common::remote_backend() {
+        return remote(&args, &spec, prompt, sampling, constraint, specs);
+    }
     let model = load_model(&args.model, offline)?;
     let steering = pathos::steer::resolve(&model, pathos::emotion::beam::Beam::builtin(), &specs)?;
     let text = if args.raw {
@@ -97,6 +100,7 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
         stop: args.sampling.stop.clone(),
         constraint,
         steering,
+        logprobs: None,
     };
     let mut session = model.new_session()?;
     let stdout = std::io::stdout();
@@ -150,6 +154,66 @@ pub fn run(args: GenerateArgs, offline: bool) -> anyhow::Result<ExitCode> {
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
     } else if g.finish_reason != FinishReason::Cancelled {
         let _ = writeln!(out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `generate` on a remote backend: the same request through the OpenAI API, printed
+/// when it is complete.
+fn remote(
+    args: &GenerateArgs,
+    spec: &str,
+    prompt: String,
+    sampling: pathos::engine::sampler::SamplingParams,
+    constraint: Option<Constraint>,
+    steer: Vec<pathos::steer::SteerSpec>,
+) -> anyhow::Result<ExitCode> {
+    use pathos::backend::{Backend, ChatRequest, Prompt};
+    if args.guard {
+        anyhow::bail!("--guard runs on the local backend only");
+    }
+    let backend = pathos::backend::remote::RemoteBackend::connect(
+        spec,
+        std::env::var("PATHOS_BACKEND_KEY").ok().filter(|k| !k.is_empty()),
+        std::time::Duration::from_secs(600),
+    )?;
+    let model = match &args.model.model {
+        Some(m) => m.clone(),
+        None => backend.models()[0].clone(),
+    };
+    let prompt = if args.raw {
+        Prompt::raw(prompt)
+    } else {
+        Prompt::user(args.system.as_deref(), prompt)
+    };
+    let req = ChatRequest {
+        model: model.clone(),
+        prompt,
+        sampling,
+        max_tokens: args.sampling.max_tokens,
+        stop: args.sampling.stop.clone(),
+        constraint,
+        steer,
+        logprobs: None,
+    };
+    let c = backend
+        .chat(std::slice::from_ref(&req))?
+        .pop()
+        .context("the server sent no completion")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = json!({
+            "model": model,
+            "backend": backend.url(),
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "generated_tokens": c.generated_tokens,
+            "timings": { "request_ms": c.generation_ms },
+        });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let _ = writeln!(out, "{}", c.text);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod models;
 mod rewrite;
+mod serve;
 mod steer;
 
 use std::process::ExitCode;
@@ -25,6 +26,11 @@ pub struct GlobalArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, global = true)]
     pub threads: Option<usize>,
+    /// Where models run: `local` (this process) or `openai:URL[,URL…]`, any
+    /// OpenAI-compatible server (pathos serve, llama-server, vLLM); its key in
+    /// PATHOS_BACKEND_KEY.
+    #[arg(long, global = true, env = "PATHOS_BACKEND")]
+    pub backend: Option<String>,
     /// More log output (-v info, -vv debug); RUST_LOG also works.
     #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -69,12 +75,15 @@ pub enum Command {
     /// Emotion steering vectors: learn, calibrate, list.
     #[command(subcommand)]
     Steer(steer::SteerCommand),
+    /// Serve the models over HTTP: OpenAI-compatible API, pathos endpoints, debate viewer.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let offline = cli.global.offline || pathos::engine::registry::offline_from_env();
     let threads = cli.global.threads;
+    common::set_backend(cli.global.backend.clone())?;
     match cli.command {
         Command::Models(c) => models::run(c, offline),
         Command::Generate(a) => generate::run(a, offline),
@@ -86,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ethics(c) => ethics::run(c, offline),
         Command::Eval(c) => eval::run(c, offline),
         Command::Steer(c) => steer::run(c, offline),
+        Command::Serve(a) => serve::run(*a, offline),
     }
 }
 

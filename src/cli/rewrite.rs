@@ -125,6 +125,7 @@ impl Observer for Progress {
                 bar.set_prefix(prefix("synthesis · contentiousness 0.30".into()));
             }
             Event::Done(_) => bar.finish_and_clear(),
+            Event::Turn { .. } | Event::RoundEnd(_) | Event::Detected { .. } => {}
         }
     }
 }

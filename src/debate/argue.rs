@@ -126,6 +126,7 @@ fn speak(
                 stop: vec!["\n\n\n".into()],
                 constraint: None,
                 steer: vec![],
+                logprobs: None,
             }
         })
         .collect();

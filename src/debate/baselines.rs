@@ -56,6 +56,7 @@ impl Runner<'_> {
             stop,
             constraint: None,
             steer: self.steer.clone(),
+            logprobs: None,
         };
         let c = self.backend.chat(std::slice::from_ref(&req))?.remove(0);
         self.generated += c.generated_tokens;

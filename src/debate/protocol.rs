@@ -41,6 +41,16 @@ pub enum Event {
     },
     /// A step within the current round.
     Step(String),
+    /// An agent's turn has finished (a writer's draw or a critique), with the round it
+    /// belongs to (0 for the synthesis).
+    Turn { round: usize, turn: Box<Turn> },
+    /// A round is over: its drafts, critiques, CRIT scores and pick.
+    RoundEnd(Box<Round>),
+    /// The emotions of the source (`"source"`) or the final text (`"result"`) were read.
+    Detected {
+        what: &'static str,
+        detection: Box<crate::emotion::detect::Detection>,
+    },
     /// The closing synthesis begins.
     Synthesis,
     /// The debate is over.
@@ -71,6 +81,8 @@ struct Debate<'a> {
     observer: &'a dyn Observer,
     totals: Totals,
     judge_seed: u64,
+    /// The round under way (0 before the first and during the synthesis).
+    round: usize,
 }
 
 /// Wording of a target for prompts.
@@ -250,6 +262,7 @@ impl<'a> Debate<'a> {
                     stop: writer_stops(),
                     constraint: None,
                     steer: self.writer_steering(),
+                    logprobs: None,
                 });
             }
         }
@@ -276,6 +289,12 @@ impl<'a> Debate<'a> {
                 )
                 .steered(&req.steer),
             );
+            if let Some(t) = turns.last() {
+                self.observer.event(Event::Turn {
+                    round: self.round,
+                    turn: Box::new(Turn::clone(t)),
+                });
+            }
             self.observer.event(Event::Step(format!(
                 "reading draw {} of writer {w}",
                 i % self.cfg.candidates + 1
@@ -292,7 +311,12 @@ impl<'a> Debate<'a> {
     ) -> Result<crate::emotion::detect::Detection, DebateError> {
         self.observer.event(Event::Detecting(what));
         self.totals.score_calls += self.beam.spectra.len();
-        Ok(self.detector.detect(text)?)
+        let detection = self.detector.detect(text)?;
+        self.observer.event(Event::Detected {
+            what,
+            detection: Box::new(detection.clone()),
+        });
+        Ok(detection)
     }
 }
 
@@ -335,6 +359,7 @@ pub fn rewrite(
         observer,
         totals: Totals::default(),
         judge_seed: derive_seed(cfg.seed, "judge", 0, 0, 0),
+        round: 0,
     };
     let detect_before = d.full_detect("source", source)?;
     let n = cfg.writers.len();
@@ -348,6 +373,7 @@ pub fn rewrite(
     let values = d.prompt_values();
 
     for index in 1..=cfg.max_rounds {
+        d.round = index;
         let delta = cfg.schedule.at(index);
         observer.event(Event::Round {
             index,
@@ -418,6 +444,7 @@ pub fn rewrite(
                     stop: vec!["Verdict".into(), "\n\n\n".into()],
                     constraint: None,
                     steer: vec![],
+                    logprobs: None,
                 });
             }
         }
@@ -445,6 +472,10 @@ pub fn rewrite(
                 &req.prompt,
                 c,
             ));
+            observer.event(Event::Turn {
+                round: index,
+                turn: Box::new(turns[turn].clone()),
+            });
             let draft = drafts[author].as_deref().unwrap_or_default();
             let argument = c.text.trim();
             observer.event(Event::Step(format!(
@@ -517,6 +548,9 @@ pub fn rewrite(
             pick,
             best: best.as_ref().map(|b| b.text.clone()),
         });
+        if let Some(r) = rounds.last() {
+            observer.event(Event::RoundEnd(Box::new(r.clone())));
+        }
         let fired = if all_done && best.is_some() {
             Some(StopReason::AgentsDone)
         } else if plateau && best.is_some() {
@@ -537,6 +571,7 @@ pub fn rewrite(
 
     // Conciliatory synthesis by the author of the best draft.
     observer.event(Event::Synthesis);
+    d.round = 0;
     let delta = cfg.schedule.synthesis;
     let t = tone(delta);
     let author = best.as_ref().map_or(0, |b| b.writer);
@@ -600,6 +635,7 @@ pub fn rewrite(
         stop: Vec::new(),
         constraint: Some(Constraint::JsonSchema(features_schema())),
         steer: vec![],
+        logprobs: None,
     };
     let c = d.chat(std::slice::from_ref(&req))?.remove(0);
     let features = parse_features(&c.text);

@@ -69,6 +69,12 @@ pub enum Error {
     #[error("steering: {0}")]
     Steering(String),
 
+    #[error("engine: {0}")]
+    Engine(String),
+
+    #[error("remote backend {url}: {detail}")]
+    Remote { url: String, detail: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

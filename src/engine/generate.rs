@@ -30,6 +30,9 @@ pub struct GenerateRequest {
     /// Vectors added to the residual stream (emotion steering); `None` runs the model
     /// as it is.
     pub steering: Option<std::sync::Arc<super::steering::Steering>>,
+    /// Report each generated token's log-probability and this many likeliest
+    /// alternatives (`Some(0)`: the token's own only); `None` skips the work.
+    pub logprobs: Option<usize>,
 }
 
 /// Why generation ended.
@@ -66,11 +69,35 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     pub tokens: Vec<u32>,
     pub timings: Timings,
+    /// One entry per generated token when the request asked for log-probabilities.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A generated token's log-probability under the model (after any constraint's mask,
+/// before sampling penalties), with the likeliest alternatives at that step: what
+/// OpenAI-style clients and remote emotion detection read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The likeliest tokens at this step, most likely first.
+    pub top: Vec<(String, f32)>,
 }
 
 /// Receives text as it is generated. Returning `false` stops generation.
 pub trait TokenSink {
     fn text(&mut self, text: &str) -> bool;
+
+    /// A generated token's log-probability, reported before its text (only when the
+    /// request asked for them).
+    fn logprob(&mut self, _logprob: &TokenLogprob) {}
+
+    /// Whether whoever waits for this generation is gone (checked before each step, so
+    /// a cancelled sequence leaves the batch without costing another forward pass).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut(&str) -> bool> TokenSink for F {
@@ -117,6 +144,7 @@ struct Decoding {
     cached: usize,
     prompt_ms: f64,
     started: Instant,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl Decoding {
@@ -135,6 +163,7 @@ impl Decoding {
             cached: 0,
             prompt_ms: 0.0,
             started: Instant::now(),
+            logprobs: Vec::new(),
         })
     }
 
@@ -149,13 +178,20 @@ impl Decoding {
         &mut self,
         model: &Model,
         logits: &mut [f32],
-        job: &mut Job<'_>,
+        session: &Session,
+        req: &GenerateRequest,
+        sink: &mut dyn TokenSink,
     ) -> Result<Option<u32>> {
-        let history = &job.session.tokens;
         if let Some(g) = self.guide.as_mut() {
             g.mask(logits)?;
         }
-        let next = self.sampler.sample(logits, history);
+        let scored = req.logprobs.map(|top| Scored::new(logits, top));
+        let next = self.sampler.sample(logits, &session.tokens);
+        if let Some(scored) = scored {
+            let lp = scored.entry(model, next);
+            sink.logprob(&lp);
+            self.logprobs.push(lp);
+        }
         if model.tokenizer.is_end_of_generation(next) {
             self.finish = Some(FinishReason::Eos);
             return Ok(None);
@@ -169,7 +205,7 @@ impl Decoding {
         if let Some(delta) = self.decoder.push(&model.tokenizer, next)? {
             let r = self.stops.push(&delta);
             self.text.push_str(&r.text);
-            if !job.sink.text(&r.text) {
+            if !sink.text(&r.text) {
                 self.finish = Some(FinishReason::Cancelled);
                 return Ok(None);
             }
@@ -183,8 +219,7 @@ impl Decoding {
             self.finish = Some(FinishReason::Eos);
             return Ok(None);
         }
-        let session = &job.session;
-        if self.generated.len() >= job.req.max_tokens
+        if self.generated.len() >= req.max_tokens
             || session.cache.len() + 1 > session.capacity()
         {
             self.finish = Some(FinishReason::Length);
@@ -194,7 +229,12 @@ impl Decoding {
     }
 
     /// Flushes held-back text and returns the result.
-    fn finish(mut self, model: &Model, job: &mut Job<'_>) -> Result<Generation> {
+    fn finish(
+        mut self,
+        model: &Model,
+        req: &GenerateRequest,
+        sink: &mut dyn TokenSink,
+    ) -> Result<Generation> {
         let mut finish = self.finish.unwrap_or(FinishReason::Length);
         if matches!(finish, FinishReason::Length | FinishReason::Eos) {
             let mut rest = match self.decoder.flush(&model.tokenizer)? {
@@ -210,12 +250,12 @@ impl Decoding {
             if finish != FinishReason::Stop {
                 rest.push_str(&self.stops.finish());
             }
-            if !rest.is_empty() && !self.emit(&rest, job.sink) {
+            if !rest.is_empty() && !self.emit(&rest, sink) {
                 finish = FinishReason::Cancelled;
             }
         }
         let generation_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let prompt_tokens = job.req.prompt.len();
+        let prompt_tokens = req.prompt.len();
         let new = prompt_tokens - self.cached;
         Ok(Generation {
             text: self.text,
@@ -230,8 +270,172 @@ impl Decoding {
                 generation_tokens_per_second: per_second(self.generated.len(), generation_ms),
             },
             tokens: self.generated,
+            logprobs: self.logprobs,
         })
     }
+}
+
+/// One step's distribution, kept from before sampling so the chosen token's
+/// log-probability can be read after.
+struct Scored {
+    logits: Vec<f32>,
+    log_total: f32,
+    top: Vec<(u32, f32)>,
+}
+
+impl Scored {
+    fn new(logits: &[f32], top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+        let log_total = max + sum.ln();
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if best.len() < top || l > best[best.len() - 1].1 {
+                    let at = best.partition_point(|e| e.1 >= l);
+                    best.insert(at, (i as u32, l));
+                    best.truncate(top);
+                }
+            }
+        }
+        Self {
+            logits: logits.to_vec(),
+            log_total,
+            top: best,
+        }
+    }
+
+    fn entry(&self, model: &Model, token: u32) -> TokenLogprob {
+        let text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
+        TokenLogprob {
+            token: text(token),
+            logprob: self.logits.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY)
+                - self.log_total,
+            top: self
+                .top
+                .iter()
+                .map(|&(id, l)| (text(id), l - self.log_total))
+                .collect(),
+        }
+    }
+}
+
+/// Refuses a request that cannot run in a session of `capacity` positions.
+fn check(req: &GenerateRequest, capacity: usize) -> Result<()> {
+    if req.prompt.is_empty() {
+        return Err(Error::InvalidSampling("the prompt is empty".into()));
+    }
+    if req.prompt.len() >= capacity {
+        return Err(Error::ContextOverflow {
+            prompt_tokens: req.prompt.len(),
+            context: capacity,
+            max_tokens: req.max_tokens,
+        });
+    }
+    Ok(())
+}
+
+/// A generation that owns its session and its sink, for a scheduler that lets
+/// sequences join and leave a running batch between steps (continuous batching):
+/// requests from many clients share each forward pass, and one that finishes or is
+/// cancelled frees its place at once.
+pub struct Sequence {
+    session: Session,
+    req: GenerateRequest,
+    sink: Box<dyn TokenSink + Send>,
+    state: Decoding,
+    /// Tokens the next forward pass runs: the uncached prompt, then each new token.
+    feed: Vec<u32>,
+    prefilled: bool,
+    done: bool,
+}
+
+impl Sequence {
+    /// Prepares `req` to run in `session`, keeping whatever prefix of its prompt the
+    /// session already holds.
+    pub fn new(
+        model: &Model,
+        mut session: Session,
+        req: GenerateRequest,
+        sink: Box<dyn TokenSink + Send>,
+    ) -> Result<Self> {
+        check(&req, session.capacity())?;
+        let mut state = Decoding::new(model, &req)?;
+        session.set_steering(req.steering.clone());
+        state.cached = session.reuse_prefix(&req.prompt);
+        let feed = req.prompt[state.cached..].to_vec();
+        Ok(Self {
+            session,
+            req,
+            sink,
+            state,
+            feed,
+            prefilled: false,
+            done: false,
+        })
+    }
+
+    /// Whether the sequence has ended and waits to be [`finish`](Self::finish)ed.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Tokens this sequence puts through the next forward pass.
+    pub fn pending_tokens(&self) -> usize {
+        if self.done { 0 } else { self.feed.len() }
+    }
+
+    /// Flushes held-back text and hands back the result and the session (for reuse).
+    pub fn finish(mut self, model: &Model) -> (Result<Generation>, Session) {
+        let out = self.state.finish(model, &self.req, self.sink.as_mut());
+        (out, self.session)
+    }
+
+    /// Ends the sequence as cancelled without another step.
+    fn cancel(&mut self) {
+        self.state.finish.get_or_insert(FinishReason::Cancelled);
+        self.done = true;
+    }
+}
+
+/// Runs one forward pass for every running sequence together: those that just joined
+/// process their prompts, the others their last token; then each picks its next token.
+/// Sequences whose sink reports cancellation leave before the pass.
+pub fn step(model: &Model, seqs: &mut [&mut Sequence]) -> Result<()> {
+    for s in seqs.iter_mut().filter(|s| !s.done && s.sink.cancelled()) {
+        s.cancel();
+    }
+    let t0 = Instant::now();
+    let logits = {
+        let mut batch: Vec<(&[u32], &mut KvCache)> = seqs
+            .iter_mut()
+            .filter(|s| !s.done)
+            .map(|s| (s.feed.as_slice(), &mut s.session.cache))
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        model.transformer.forward_batch(&mut batch)?
+    };
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut rows: Vec<Vec<f32>> = logits.to_vec2()?;
+    for (s, row) in seqs.iter_mut().filter(|s| !s.done).zip(rows.iter_mut()) {
+        let fed = std::mem::take(&mut s.feed);
+        s.session.tokens.extend_from_slice(&fed);
+        if !s.prefilled {
+            s.prefilled = true;
+            s.state.prompt_ms = ms;
+            s.state.started = Instant::now();
+        }
+        match s
+            .state
+            .step(model, row, &s.session, &s.req, s.sink.as_mut())?
+        {
+            Some(tok) => s.feed.push(tok),
+            None => s.done = true,
+        }
+    }
+    Ok(())
 }
 
 /// Generates a reply to each request in its session, all decoded as one batch, without
@@ -259,17 +463,7 @@ pub fn generate_all(
 /// [`crate::engine::quant`]).
 pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generation>> {
     for job in jobs.iter() {
-        let req = job.req;
-        if req.prompt.is_empty() {
-            return Err(Error::InvalidSampling("the prompt is empty".into()));
-        }
-        if req.prompt.len() >= job.session.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: req.prompt.len(),
-                context: job.session.capacity(),
-                max_tokens: req.max_tokens,
-            });
-        }
+        check(job.req, job.session.capacity())?;
     }
     let tf = &model.transformer;
     let mut states = jobs
@@ -307,7 +501,8 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
         let mut next = Vec::with_capacity(active.len());
         let mut still = Vec::with_capacity(active.len());
         for (&i, row) in active.iter().zip(logits.iter_mut()) {
-            if let Some(tok) = states[i].step(model, row, &mut jobs[i])? {
+            let job = &mut jobs[i];
+            if let Some(tok) = states[i].step(model, row, job.session, job.req, job.sink)? {
                 next.push([tok]);
                 still.push(i);
             }
@@ -334,6 +529,6 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
     states
         .into_iter()
         .zip(jobs.iter_mut())
-        .map(|(st, job)| st.finish(model, job))
+        .map(|(st, job)| st.finish(model, job.req, job.sink))
         .collect()
 }

@@ -246,6 +246,7 @@ pub fn learn_rules(
                         stop: vec!["\n\n".into()],
                         constraint: None,
                         steer: vec![],
+                        logprobs: None,
                     },
                 )
             })
@@ -272,6 +273,7 @@ pub fn learn_rules(
             stop: vec!["\n".into()],
             constraint: None,
             steer: vec![],
+            logprobs: None,
         };
         let c = backend.chat(std::slice::from_ref(&req))?.remove(0);
         let sentence = format!("They{}", c.text)

@@ -204,6 +204,7 @@ pub fn rewrite_all(
                 stop: vec![],
                 constraint: None,
                 steering: steering.clone(),
+                logprobs: None,
             })
         })
         .collect::<Result<Vec<_>, SteerError>>()?;
