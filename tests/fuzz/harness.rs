@@ -60,6 +60,9 @@ fn watchdog(
         let mut printed = Instant::now();
         while !done.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
+            if done.load(Ordering::Relaxed) {
+                break;
+            }
             let now = execs.load(Ordering::Relaxed);
             if progress && printed.elapsed() >= Duration::from_secs(10) {
                 eprintln!("FUZZ-PROGRESS target={name} execs={now}");
