@@ -21,7 +21,7 @@ fn from_bytes(bytes: &[u8]) -> Tokenizer {
 }
 
 /// The tiny byte-level BPE tokenizer (all 256 bytes, a few merges, ChatML specials).
-fn tiny_bpe() -> &'static Tokenizer {
+pub fn tiny_bpe() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
     T.get_or_init(|| from_bytes(&gguf_build::tiny().bytes))
 }
