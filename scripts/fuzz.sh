@@ -38,6 +38,10 @@ targets=(
   template::random_source
   template::mutated_real
   template::content_is_data
+  http::chat_body
+  http::completion_body
+  http::chat_valid_roundtrip
+  constrain::guide
 )
 
 seed="${PATHOS_FUZZ_SEED:-$(date +%s)}"
