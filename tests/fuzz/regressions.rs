@@ -79,3 +79,16 @@ fn attention_shape_disagreeing_with_weights_is_an_error() {
     }
 }
 
+/// After an invalid byte joined a run of byte-fallback tokens whose start was already
+/// sent, the streaming decoder never found its place again and dropped everything
+/// after it (SentencePiece vocabularies: Gemma).
+#[test]
+fn stream_decoder_keeps_text_after_an_invalid_byte_run() {
+    let t = crate::tokenizer::tiny_spm();
+    let (nul, stray, a) = (3, 3 + 0x80, t.token_id("a").unwrap());
+    assert_eq!(t.token_text(nul).as_deref(), Some("<0x00>"));
+    let ids = [nul, stray, a, a];
+    assert_eq!(t.decode(&ids).unwrap(), "\u{FFFD}\u{FFFD}aa");
+    let text = crate::tokenizer::streamed(t, &ids).unwrap();
+    assert_eq!(text, "\0\u{FFFD}aa");
+}
