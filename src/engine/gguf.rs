@@ -12,7 +12,7 @@
 //! `pathos models info` prints.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek};
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -164,6 +164,113 @@ fn find_unsupported_tensor(file: &std::fs::File) -> Option<(String, u32)> {
     None
 }
 
+/// The value of `general.alignment` as candle will read it, found by walking the
+/// metadata ahead of candle's parser: candle rounds the tensor data offset up to this
+/// value and divides by zero when it is 0. Values are skipped by seeking, so this reads
+/// only the lengths in the header. `None` when the key is absent, has a type candle
+/// ignores, or the header cannot be walked (candle's own parse then says why).
+fn declared_alignment<R: Read + Seek>(r: &mut BufReader<R>) -> Option<u64> {
+    fn u32_at(r: &mut impl Read) -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+    /// A length or count: u64 from version 2 on (`wide`), u32 in version 1.
+    fn len_at(r: &mut impl Read, wide: bool) -> Option<u64> {
+        if !wide {
+            return u32_at(r).map(u64::from);
+        }
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+    /// Moves forward within the buffer when it can (a plain seek would drop it).
+    fn skip<R: Read + Seek>(r: &mut BufReader<R>, n: u64) -> Option<()> {
+        r.seek_relative(i64::try_from(n).ok()?).ok()
+    }
+    fn fixed_size(ty: u32) -> Option<u64> {
+        match ty {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        }
+    }
+    fn skip_value<R: Read + Seek>(
+        r: &mut BufReader<R>,
+        ty: u32,
+        wide: bool,
+        depth: u32,
+    ) -> Option<()> {
+        match ty {
+            8 => {
+                let n = len_at(r, wide)?;
+                skip(r, n)
+            }
+            // Nesting as deep as candle allows; every element read moves forward, so
+            // even a huge count ends at the end of the file.
+            9 if depth < 64 => {
+                let inner = u32_at(r)?;
+                let n = len_at(r, wide)?;
+                match fixed_size(inner) {
+                    Some(size) => skip(r, n.checked_mul(size)?),
+                    None => (0..n).try_for_each(|_| skip_value(r, inner, wide, depth + 1)),
+                }
+            }
+            _ => skip(r, fixed_size(ty)?),
+        }
+    }
+    const KEY: &[u8] = b"general.alignment";
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).ok()?;
+    let wide = match u32_at(r)? {
+        1 => false,
+        2 | 3 => true,
+        _ => return None,
+    };
+    let _n_tensors = len_at(r, wide)?;
+    let n_kv = len_at(r, wide)?;
+    let mut found = None;
+    for _ in 0..n_kv {
+        let klen = len_at(r, wide)?;
+        let is_key = if klen == KEY.len() as u64 {
+            let mut k = [0u8; KEY.len()];
+            r.read_exact(&mut k).ok()?;
+            k == KEY
+        } else {
+            skip(r, klen)?;
+            false
+        };
+        let ty = u32_at(r)?;
+        // The integer types candle takes the alignment from (negative ones it ignores);
+        // a later entry replaces an earlier one, as in candle's map.
+        let size = match ty {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            4 | 5 => 4,
+            _ => 0,
+        };
+        if !is_key || size == 0 {
+            if is_key {
+                found = None;
+            }
+            skip_value(r, ty, wide, 0)?;
+            continue;
+        }
+        let mut v = [0u8; 4];
+        r.read_exact(&mut v[..size]).ok()?;
+        let raw = u32::from_le_bytes(v);
+        found = match ty {
+            1 => u64::try_from(raw as u8 as i8).ok(),
+            3 => u64::try_from(raw as u16 as i16).ok(),
+            5 => u64::try_from(raw as i32).ok(),
+            _ => Some(u64::from(raw)),
+        };
+    }
+    found
+}
+
 impl GgufFile {
     /// Opens and validates `path`: magic, header, and every tensor's byte range.
     pub fn open(path: &Path) -> Result<Self> {
@@ -194,9 +301,18 @@ impl GgufFile {
                 magic: String::from_utf8_lossy(&magic).into_owned(),
             });
         }
-        reader
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let rewind = |r: &mut std::io::BufReader<&std::fs::File>| {
+            r.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))
+        };
+        rewind(&mut reader)?;
+        if declared_alignment(&mut reader) == Some(0) {
+            return Err(Error::CorruptGguf {
+                path: path.to_path_buf(),
+                detail: "`general.alignment` is 0; tensor data cannot be aligned to it".into(),
+            });
+        }
+        rewind(&mut reader)?;
         let mut cursor = reader;
         let content = Content::read(&mut cursor).map_err(|e| {
             let msg = e.to_string();
@@ -255,6 +371,11 @@ impl GgufFile {
     /// All metadata, for callers that need a key this type has no accessor for.
     pub fn metadata(&self) -> &std::collections::HashMap<String, Value> {
         &self.content.metadata
+    }
+
+    /// Number of tensors in the file.
+    pub fn tensor_count(&self) -> usize {
+        self.content.tensor_infos.len()
     }
 
     /// Whether a tensor of this name exists (optional tensors such as biases).
@@ -433,4 +554,86 @@ pub struct ModelInfo {
     pub tensor_count: usize,
     /// Tensor count per quantization type.
     pub quantization: BTreeMap<String, usize>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A GGUF v3 file with no tensors and `kvs` as (key, type tag, raw value bytes).
+    pub(crate) fn header_only(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((kvs.len() as u64).to_le_bytes());
+        for (k, ty, v) in kvs {
+            b.extend((k.len() as u64).to_le_bytes());
+            b.extend(k.as_bytes());
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        // Tensor data (none) starts at the next multiple of the default alignment.
+        b.resize(b.len().next_multiple_of(32), 0);
+        b
+    }
+
+    pub(crate) fn open_bytes(bytes: &[u8]) -> Result<GgufFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.gguf");
+        std::fs::write(&p, bytes).unwrap();
+        GgufFile::open(&p)
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        [&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()
+    }
+
+    #[test]
+    fn alignment_zero_is_corrupt_not_a_division_by_zero() {
+        let bytes = header_only(&[
+            ("general.name", 8, string("x")),
+            ("general.alignment", 4, 0u32.to_le_bytes().to_vec()),
+        ]);
+        let e = open_bytes(&bytes).unwrap_err();
+        assert!(matches!(e, Error::CorruptGguf { .. }), "{e:?}");
+        assert!(e.to_string().contains("`general.alignment` is 0"), "{e}");
+    }
+
+    #[test]
+    fn declared_alignment_reads_what_candle_reads() {
+        let find = |kvs: &[(&str, u32, Vec<u8>)]| {
+            declared_alignment(&mut BufReader::new(std::io::Cursor::new(header_only(kvs))))
+        };
+        let align = |ty: u32, v: Vec<u8>| find(&[("general.alignment", ty, v)]);
+        assert_eq!(align(0, vec![0]), Some(0));
+        assert_eq!(align(2, 64u16.to_le_bytes().to_vec()), Some(64));
+        assert_eq!(align(5, 0i32.to_le_bytes().to_vec()), Some(0));
+        // Negative and 64-bit values are ignored by candle (it uses its default).
+        assert_eq!(align(5, (-32i32).to_le_bytes().to_vec()), None);
+        assert_eq!(align(10, 0u64.to_le_bytes().to_vec()), None);
+        // Found behind strings and arrays (of strings, of u32, nested), last one wins.
+        let arr_str = [
+            &8u32.to_le_bytes()[..],
+            &2u64.to_le_bytes(),
+            &string("a"),
+            &string("bc"),
+        ]
+        .concat();
+        let arr_u32 = [&4u32.to_le_bytes()[..], &3u64.to_le_bytes(), &[0u8; 12]].concat();
+        let nested = [&9u32.to_le_bytes()[..], &1u64.to_le_bytes(), &arr_u32].concat();
+        let kvs = [
+            ("general.alignment", 4, 0u32.to_le_bytes().to_vec()),
+            ("tokens", 9, arr_str),
+            ("types", 9, arr_u32),
+            ("nested", 9, nested),
+            ("general.alignment", 4, 16u32.to_le_bytes().to_vec()),
+        ];
+        assert_eq!(find(&kvs), Some(16));
+        // A header that lies about its lengths ends the walk, not the process.
+        let lying = header_only(&[("s", 8, u64::MAX.to_le_bytes().to_vec())]);
+        assert_eq!(
+            declared_alignment(&mut BufReader::new(std::io::Cursor::new(lying))),
+            None
+        );
+    }
 }

@@ -38,6 +38,32 @@ pub enum TemplateSource {
     Gemma,
 }
 
+/// Least output [`ChatTemplate::render`] allows: far more than any context window holds.
+pub const MAX_RENDERED: usize = 64 << 20;
+
+/// Collects rendered output and fails once it passes `cap` bytes (minijinja reports a
+/// failed write without its message, hence `over`).
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.cap {
+            self.over = true;
+            return Err(std::io::ErrorKind::OutOfMemory.into());
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A compiled chat template with the BOS/EOS texts it may print.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -125,18 +151,46 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
+    ///
+    /// The output is capped at [`MAX_RENDERED`] or four times the messages' size,
+    /// whichever is larger: a template that loops over large strings fails with an error
+    /// instead of filling memory. (It bounds output, not time: minijinja's fuel would
+    /// bound the work, and needs its `fuel` feature.)
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| Error::Template(e.to_string()))?;
-        tmpl.render(context! {
-            messages => Value::from(messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content.as_str() }).collect::<Vec<Value>>()),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos.as_str(),
-            eos_token => self.eos.as_str(),
-        })
-        .map_err(|e| Error::Template(format!("rendering failed: {e}")))
+        let input: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum();
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            cap: MAX_RENDERED.max(input.saturating_mul(4)),
+            over: false,
+        };
+        tmpl.render_captured_to(
+            context! {
+                messages => Value::from(messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content.as_str() }).collect::<Vec<Value>>()),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.as_str(),
+                eos_token => self.eos.as_str(),
+            },
+            &mut out,
+        )
+        .map_err(|e| {
+            Error::Template(if out.over {
+                format!(
+                    "rendering failed: the output passed {} MiB; the template repeats text without bound",
+                    out.cap >> 20
+                )
+            } else {
+                format!("rendering failed: {e}")
+            })
+        })?;
+        // minijinja writes whole `str`s, so the bytes are UTF-8.
+        String::from_utf8(out.buf).map_err(|e| Error::Template(format!("rendering failed: {e}")))
     }
 }
 
@@ -188,6 +242,46 @@ mod tests {
         .unwrap();
         let e = t.render(&convo(), true).unwrap_err().to_string();
         assert!(e.contains("no system role"), "{e}");
+    }
+
+    #[test]
+    fn output_explosion_is_an_error_not_an_oom() {
+        // 100 000 × 1 000 bytes = 100 MB, over the cap: refused at the cap, not built.
+        let t = ChatTemplate::new(
+            Some("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"),
+            "",
+            "",
+            false,
+        )
+        .unwrap();
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("the output passed 64 MiB"), "{e}");
+    }
+
+    #[test]
+    fn huge_range_is_refused_not_run() {
+        let t = ChatTemplate::new(
+            Some("{% for i in range(999999999) %}.{% endfor %}"),
+            "",
+            "",
+            false,
+        )
+        .unwrap();
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("range has too many elements"), "{e}");
+    }
+
+    #[test]
+    fn unbounded_macro_recursion_is_an_error() {
+        let t = ChatTemplate::new(
+            Some("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
+            "",
+            "",
+            false,
+        )
+        .unwrap();
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("recursion"), "{e}");
     }
 
     #[test]

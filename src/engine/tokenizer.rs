@@ -435,17 +435,14 @@ impl StreamDecoder {
         self.ids.push(id);
         let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        if full.len() > prefix.len()
-            && !full.ends_with('\u{FFFD}')
-            && full.is_char_boundary(prefix.len())
-        {
-            let delta = full[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            Ok(Some(delta))
-        } else {
-            Ok(None)
+        let delta = unsent(&prefix, &full);
+        if delta.is_empty() || full.ends_with('\u{FFFD}') {
+            return Ok(None);
         }
+        let delta = delta.to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(Some(delta))
     }
 
     /// Text held back at the end (an incomplete character), decoded lossily.
@@ -457,9 +454,34 @@ impl StreamDecoder {
         let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(full
-            .get(prefix.len()..)
-            .map(str::to_string)
-            .filter(|s| !s.is_empty()))
+        Ok(Some(unsent(&prefix, &full).to_string()).filter(|s| !s.is_empty()))
+    }
+}
+
+/// The part of a window's text `full` not sent yet, `prefix` having been sent. When the
+/// decoder has changed text already sent (byte fallback turns a whole run of byte tokens
+/// into U+FFFD once an invalid byte joins it), what was sent stays sent and the unsent
+/// part starts as many characters in: the text that follows is never held back for good.
+fn unsent<'a>(prefix: &str, full: &'a str) -> &'a str {
+    full.strip_prefix(prefix).unwrap_or_else(|| {
+        let sent = prefix.chars().count();
+        full.char_indices()
+            .nth(sent)
+            .map_or("", |(i, _)| &full[i..])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsent_is_the_rest_of_the_window_even_when_sent_text_changed() {
+        assert_eq!(unsent("ab", "abc"), "c");
+        assert_eq!(unsent("ab", "ab"), "");
+        assert_eq!(unsent("", "\u{FFFD}"), "\u{FFFD}");
+        // "\0" was sent; an invalid byte then turned the run into two U+FFFD.
+        assert_eq!(unsent("\0", "\u{FFFD}\u{FFFD}a"), "\u{FFFD}a");
+        assert_eq!(unsent("é", "\u{FFFD}"), "");
     }
 }

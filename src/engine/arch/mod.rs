@@ -93,6 +93,17 @@ impl ArchConfig {
             .opt_u64(&key("attention.key_length"))
             .map_or(n_embd / n_head.max(1), |v| v as usize);
         let n_layer = gguf.u64(&key("block_count"))? as usize;
+        // Per-layer settings are allocated from this count before any weight is read; a
+        // layer has several tensors, so more layers than tensors is a corrupt header.
+        if n_layer > gguf.tensor_count() {
+            return Err(Error::CorruptGguf {
+                path: gguf.path().to_path_buf(),
+                detail: format!(
+                    "{n_layer} layers declared but the file has {} tensors",
+                    gguf.tensor_count()
+                ),
+            });
+        }
         if n_head == 0
             || n_head_kv == 0
             || !n_head.is_multiple_of(n_head_kv)
@@ -128,5 +139,31 @@ impl ArchConfig {
                 n_layer
             ],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::gguf::tests::{header_only, open_bytes};
+
+    use super::*;
+
+    #[test]
+    fn more_layers_than_tensors_is_corrupt_not_an_allocation() {
+        let u64v = |v: u64| v.to_le_bytes().to_vec();
+        let arch = [&5u64.to_le_bytes()[..], b"llama"].concat();
+        let bytes = header_only(&[
+            ("general.architecture", 8, arch),
+            ("llama.embedding_length", 10, u64v(8)),
+            ("llama.attention.head_count", 10, u64v(2)),
+            ("llama.block_count", 10, u64v(u64::MAX)),
+        ]);
+        let e = ArchConfig::from_gguf(&open_bytes(&bytes).unwrap()).unwrap_err();
+        assert!(matches!(e, Error::CorruptGguf { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("layers declared but the file has 0 tensors"),
+            "{e}"
+        );
     }
 }

@@ -100,23 +100,63 @@ impl Transformer {
         device: &Device,
         max_positions: usize,
     ) -> Result<Self> {
-        let qt = |name: &str| gguf.tensor(name, device);
-        let mm = |name: &str| -> Result<Linear> { Ok(Linear::new(qt(name)?, device)?) };
-        let dense = |name: &str| -> Result<Tensor> { Ok(qt(name)?.dequantize(device)?) };
-        let opt_dense = |name: &str| -> Result<Option<Tensor>> {
+        // Every weight is checked against the shape the metadata implies before it is
+        // used: the metadata sizes the RoPE tables, KV caches and scratch rows, so a file
+        // whose header disagrees with its weights must fail here, not in the forward pass.
+        let shaped = |name: &str, want: &[usize]| -> Result<QTensor> {
+            let t = gguf.tensor(name, device)?;
+            if t.shape().dims() != want {
+                return Err(Error::CorruptGguf {
+                    path: gguf.path().to_path_buf(),
+                    detail: format!(
+                        "tensor `{name}` is {:?}, the metadata implies {want:?}",
+                        t.shape().dims()
+                    ),
+                });
+            }
+            Ok(t)
+        };
+        let mm = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            Ok(Linear::new(shaped(name, &[rows, cols])?, device)?)
+        };
+        let dense = |name: &str, len: usize| -> Result<Tensor> {
+            Ok(shaped(name, &[len])?.dequantize(device)?)
+        };
+        let opt_dense = |name: &str, len: usize| -> Result<Option<Tensor>> {
             if gguf.has_tensor(name) {
-                dense(name).map(Some)
+                dense(name, len).map(Some)
             } else {
                 Ok(None)
             }
         };
+        let (n_embd, n_ff, head_dim) = (cfg.n_embd, cfg.n_ff, cfg.head_dim);
+        let too_big = || Error::CorruptGguf {
+            path: gguf.path().to_path_buf(),
+            detail: format!(
+                "impossible attention shape: {} heads of size {head_dim}",
+                cfg.n_head
+            ),
+        };
+        let q_rows = cfg.n_head.checked_mul(head_dim).ok_or_else(too_big)?;
+        let kv_rows = cfg.n_head_kv.checked_mul(head_dim).ok_or_else(too_big)?;
         // The largest tensors first: each is read through a temporary buffer, and that
         // transient copy costs least before the rest of the model is resident.
-        let embed = Arc::new(qt("token_embd.weight")?);
-        let vocab = embed.shape().dims()[0];
+        let embed = gguf.tensor("token_embd.weight", device)?;
+        let vocab = match embed.shape().dims() {
+            &[vocab, cols] if cols == n_embd => vocab,
+            dims => {
+                return Err(Error::CorruptGguf {
+                    path: gguf.path().to_path_buf(),
+                    detail: format!(
+                        "tensor `token_embd.weight` is {dims:?}, the metadata implies [_, {n_embd}]"
+                    ),
+                });
+            }
+        };
+        let embed = Arc::new(embed);
         // Tied embeddings: the output projection shares the embedding matrix (one copy).
         let (output, embed) = if gguf.has_tensor("output.weight") {
-            (mm("output.weight")?, Some(embed))
+            (mm("output.weight", vocab, n_embd)?, Some(embed))
         } else {
             let out = Linear::shared(embed.clone(), device)?;
             let keep = matches!(out, Linear::Candle(_)).then_some(embed);
@@ -134,22 +174,22 @@ impl Transformer {
                 }
             };
             layers.push(Layer {
-                attn_norm: dense(&p("attn_norm.weight"))?,
-                wq: mm(&p("attn_q.weight"))?,
-                wk: mm(&p("attn_k.weight"))?,
-                wv: mm(&p("attn_v.weight"))?,
-                wo: mm(&p("attn_output.weight"))?,
-                bq: opt_dense(&p("attn_q.bias"))?,
-                bk: opt_dense(&p("attn_k.bias"))?,
-                bv: opt_dense(&p("attn_v.bias"))?,
-                q_norm: opt_dense(&p("attn_q_norm.weight"))?,
-                k_norm: opt_dense(&p("attn_k_norm.weight"))?,
-                post_attn_norm: opt_dense(&p("post_attention_norm.weight"))?,
-                ffn_norm: dense(&p("ffn_norm.weight"))?,
-                w_gate: mm(&p("ffn_gate.weight"))?,
-                w_up: mm(&p("ffn_up.weight"))?,
-                w_down: mm(&p("ffn_down.weight"))?,
-                post_ffn_norm: opt_dense(&p("post_ffw_norm.weight"))?,
+                attn_norm: dense(&p("attn_norm.weight"), n_embd)?,
+                wq: mm(&p("attn_q.weight"), q_rows, n_embd)?,
+                wk: mm(&p("attn_k.weight"), kv_rows, n_embd)?,
+                wv: mm(&p("attn_v.weight"), kv_rows, n_embd)?,
+                wo: mm(&p("attn_output.weight"), n_embd, q_rows)?,
+                bq: opt_dense(&p("attn_q.bias"), q_rows)?,
+                bk: opt_dense(&p("attn_k.bias"), kv_rows)?,
+                bv: opt_dense(&p("attn_v.bias"), kv_rows)?,
+                q_norm: opt_dense(&p("attn_q_norm.weight"), head_dim)?,
+                k_norm: opt_dense(&p("attn_k_norm.weight"), head_dim)?,
+                post_attn_norm: opt_dense(&p("post_attention_norm.weight"), n_embd)?,
+                ffn_norm: dense(&p("ffn_norm.weight"), n_embd)?,
+                w_gate: mm(&p("ffn_gate.weight"), n_ff, n_embd)?,
+                w_up: mm(&p("ffn_up.weight"), n_ff, n_embd)?,
+                w_down: mm(&p("ffn_down.weight"), n_embd, n_ff)?,
+                post_ffn_norm: opt_dense(&p("post_ffw_norm.weight"), n_embd)?,
                 rope,
                 sliding_window: la.sliding_window,
             });
@@ -160,7 +200,7 @@ impl Transformer {
             .map(|t| rope_table(*t, cfg.head_dim, n_pos, device))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            out_norm: dense("output_norm.weight")?,
+            out_norm: dense("output_norm.weight", n_embd)?,
             embed,
             vocab,
             layers,
