@@ -15,14 +15,6 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
     }
-    // A reader that goes away (`pathos detect --json | head`) ends the command quietly, as
-    // with other Unix tools, instead of a panic in `println!`. The server keeps the
-    // ignored signal: its sockets report a closed peer as an error on the write.
-    #[cfg(target_os = "linux")]
-    if !matches!(args.command, cli::Command::Serve(_)) {
-        // SAFETY: restoring the default disposition of one signal before any thread exists.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

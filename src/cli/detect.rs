@@ -33,7 +33,9 @@ pub fn run(args: DetectArgs, offline: bool) -> anyhow::Result<ExitCode> {
     let detector = Detector::new(&backend, beam, &names[0], !args.no_calibrate);
     let d = detector.detect(&text)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        // A reader that has gone away (`| head`) is not an error worth a panic.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&d)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
