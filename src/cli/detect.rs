@@ -35,7 +35,11 @@ pub fn run(args: DetectArgs, offline: bool) -> anyhow::Result<ExitCode> {
     if args.json {
         // A reader that has gone away (`| head`) is not an error worth a panic.
         use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&d)?);
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&d)?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
