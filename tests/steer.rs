@@ -223,7 +223,8 @@ fn a_rewrite_with_method_steer_runs_its_writers_under_the_shipped_vector() {
         .unwrap()
         .iter()
         .flat_map(|r| r["turns"].as_array().unwrap())
-        .filter(|turn| turn["agent"].as_str().unwrap().starts_with("writer"))
+        // Writers also critique each other's drafts; only their writing turns are steered.
+        .filter(|turn| turn["role"] == "writer")
         .collect();
     assert!(!writers.is_empty());
     for w in writers {

@@ -1,8 +1,8 @@
 //! Block layouts of the 32-element GGUF quantizations pathos multiplies itself, the
 //! activation block they are multiplied with, and portable (scalar) dot products.
 //!
-//! The weight blocks are the file's bytes, unchanged, so a weight is read from the GGUF
-//! as it is stored. Activations are quantized per row to [`ActBlock`]: 32 signed bytes
+//! The weight blocks are the file's bytes; [`super::packed`] regroups them for the
+//! kernels. Activations are quantized per row to [`ActBlock`]: 32 signed bytes
 //! with an `f32` scale (and the scaled sum that Q4_1's offset needs), so one activation
 //! layout serves every weight type.
 
@@ -11,13 +11,16 @@ use half::f16;
 /// Elements per block for every type in this module.
 pub const QK: usize = 32;
 
-/// 32 activations quantized to signed bytes: `x[i] ≈ d * qs[i]`; `s = d * Σ qs`.
+/// 32 activations quantized to signed bytes: `x[i] ≈ d * qs[i]`; `sum = Σ qs` and
+/// `s = d * sum` (rounded to f16). Weights stored with an offset (Q4_0's `q - 8`) are
+/// multiplied unsigned and corrected by `sum`, exactly; Q4_1's minimum takes `s`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 pub struct ActBlock {
     pub qs: [i8; QK],
     pub d: f32,
     pub s: f32,
+    pub sum: i32,
 }
 
 impl ActBlock {
@@ -25,6 +28,7 @@ impl ActBlock {
         qs: [0; QK],
         d: 0.0,
         s: 0.0,
+        sum: 0,
     };
 }
 
@@ -45,6 +49,7 @@ pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
         }
         b.d = f16::from_f32(d).to_f32();
         b.s = f16::from_f32(d * sum as f32).to_f32();
+        b.sum = sum;
     }
 }
 
@@ -187,29 +192,11 @@ impl WeightBlock for BlockQ8_0 {
     }
 }
 
-/// Copies `bytes` (whole blocks, as stored in the file) into typed blocks.
-pub fn blocks_from_bytes<B: WeightBlock>(bytes: &[u8]) -> Option<Vec<B>> {
-    if std::mem::size_of::<B>() != B::BYTES || !bytes.len().is_multiple_of(B::BYTES) {
-        return None;
-    }
-    let n = bytes.len() / B::BYTES;
-    let mut out: Vec<B> = Vec::with_capacity(n);
-    prefer_huge_pages(out.as_mut_ptr() as *mut u8, bytes.len());
-    // SAFETY: `B` is a `repr(C)` struct of integers whose size is exactly `B::BYTES`
-    // (checked above), so any byte pattern is a valid `B`; the destination has room for
-    // `n` blocks and the source holds `n * B::BYTES` bytes; the regions do not overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, bytes.len());
-        out.set_len(n);
-    }
-    Some(out)
-}
-
 /// Asks for 2 MiB pages under a weight matrix about to be written. The matrices are
 /// streamed from memory at every step, and with 4 KiB pages a decode step of a 100 MB
 /// model walks tens of thousands of page-table entries; where transparent huge pages are
 /// enabled on request (`madvise`), this is the request.
-fn prefer_huge_pages(ptr: *mut u8, len: usize) {
+pub(super) fn prefer_huge_pages(ptr: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;

@@ -1,40 +1,122 @@
-//! AVX2 dot products of weight rows with up to four activation rows at once.
+//! AVX2 products of eight interleaved weight rows ([`super::packed`]) with up to four
+//! activation rows at once.
 //!
-//! Each weight block is unpacked into 32 bytes once and multiplied with every activation
-//! row of the call, so a batch of sequences (debating agents, or a prompt's tokens)
-//! reads and unpacks the weights once for all of them. Selected at run time, so one
-//! binary runs on CPUs without AVX2 too.
+//! Each group of weight blocks is unpacked into eight vectors once and multiplied with
+//! every activation row of the call, so a batch of sequences (debating agents, or a
+//! prompt's tokens) reads and unpacks the weights once for all of them. The eight rows'
+//! sums build up in the lanes of one register: no horizontal sums, one scale multiply
+//! per group. Selected at run time, so one binary runs on CPUs without AVX2 too.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use std::arch::x86_64::*;
 
-use half::f16;
-
-use super::blocks::{ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+use super::blocks::ActBlock;
+use super::packed::{Interleaved, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8};
 
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// A group type the AVX2 kernel multiplies.
+pub trait Avx2Group: Interleaved {
+    /// The group's weights as eight vectors; vector `i` holds elements `4i..4i + 4` of
+    /// the eight rows (unsigned for the 4- and 5-bit types, signed for Q8_0).
+    unsafe fn unpack(&self) -> [__m256i; 8];
+    /// The eight rows' integer dot products with `a` (32-bit lanes, row `r` in lane `r`).
+    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i;
+    /// The eight rows' scales.
+    unsafe fn scales(&self) -> __m256;
+    /// The eight rows' minimums (Q4_1's offsets), when the type has them.
+    unsafe fn mins(&self) -> Option<__m256> {
+        None
+    }
 }
 
 #[inline(always)]
-fn h(bits: u16) -> f32 {
-    f16::from_bits(bits).to_f32()
+unsafe fn load_f16x8(v: &[u16; 8]) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i))
 }
 
-/// 16 bytes of packed nibbles → 32 bytes: low nibbles first, then high nibbles.
+/// Four activation bytes (elements `4i..4i + 4`) in every 32-bit lane.
 #[inline(always)]
-unsafe fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
-    let lo = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
-    let hi = _mm_srli_epi16(lo, 4);
-    let both = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+unsafe fn act4(a: &ActBlock, i: usize) -> __m256i {
+    _mm256_set1_epi32((a.qs.as_ptr() as *const i32).add(i).read_unaligned())
 }
 
-/// 32 bits → 32 bytes, 0xff where the bit is set.
+/// 128 packed nibble bytes → eight vectors (low nibbles are vectors 0..4, high 4..8).
 #[inline(always)]
-unsafe fn spread_bits(bits: u32) -> __m256i {
+unsafe fn unpack_nibbles(qs: &[u8; 128]) -> [__m256i; 8] {
+    let mask = _mm256_set1_epi8(0x0f);
+    let p = qs.as_ptr() as *const __m256i;
+    let v: [__m256i; 4] = std::array::from_fn(|i| _mm256_loadu_si256(p.add(i)));
+    std::array::from_fn(|i| {
+        if i < 4 {
+            _mm256_and_si256(v[i], mask)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16(v[i - 4], 4), mask)
+        }
+    })
+}
+
+/// Σ over vectors `range` of unsigned weights × activations, as 16-bit pair sums.
+/// The caller keeps the sum inside 16 bits (weights ≤ 15 for eight vectors, ≤ 31 for
+/// four: activations are within ±127).
+#[inline(always)]
+unsafe fn pair_sums(u: &[__m256i; 8], a: &ActBlock, range: std::ops::Range<usize>) -> __m256i {
+    let mut s = _mm256_setzero_si256();
+    for i in range {
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u[i], act4(a, i)));
+    }
+    s
+}
+
+#[inline(always)]
+unsafe fn widen(pairs: __m256i) -> __m256i {
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+impl Avx2Group for Q4_0x8 {
+    #[inline(always)]
+    unsafe fn unpack(&self) -> [__m256i; 8] {
+        unpack_nibbles(&self.qs)
+    }
+    #[inline(always)]
+    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+        // Σ (q - 8)·a = Σ q·a - 8·Σ a.
+        _mm256_sub_epi32(widen(pair_sums(u, a, 0..8)), _mm256_set1_epi32(8 * a.sum))
+    }
+    #[inline(always)]
+    unsafe fn scales(&self) -> __m256 {
+        load_f16x8(&self.d)
+    }
+}
+
+impl Avx2Group for Q4_1x8 {
+    #[inline(always)]
+    unsafe fn unpack(&self) -> [__m256i; 8] {
+        unpack_nibbles(&self.qs)
+    }
+    #[inline(always)]
+    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+        widen(pair_sums(u, a, 0..8))
+    }
+    #[inline(always)]
+    unsafe fn scales(&self) -> __m256 {
+        load_f16x8(&self.d)
+    }
+    #[inline(always)]
+    unsafe fn mins(&self) -> Option<__m256> {
+        Some(load_f16x8(&self.m))
+    }
+}
+
+/// 32 bits → 32 bytes, 0x10 where the bit is set.
+#[inline(always)]
+unsafe fn fifth_bits(bits: u32) -> __m256i {
     let shuffle = _mm256_set_epi64x(
         0x0303_0303_0303_0303,
         0x0202_0202_0202_0202,
@@ -43,116 +125,77 @@ unsafe fn spread_bits(bits: u32) -> __m256i {
     );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
     let mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1))
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// Σ x·y of unsigned `x` and signed `y` bytes, as 8 floats of pair sums.
-#[inline(always)]
-unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
-    let pairs = _mm256_maddubs_epi16(x, y);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+impl Avx2Group for Q5_0x8 {
+    #[inline(always)]
+    unsafe fn unpack(&self) -> [__m256i; 8] {
+        let lo = unpack_nibbles(&self.qs);
+        std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(self.qh[i])))
+    }
+    #[inline(always)]
+    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+        // Values are 0..=31 stored for q - 16: two halves keep the pair sums in 16 bits.
+        let s = _mm256_add_epi32(widen(pair_sums(u, a, 0..4)), widen(pair_sums(u, a, 4..8)));
+        _mm256_sub_epi32(s, _mm256_set1_epi32(16 * a.sum))
+    }
+    #[inline(always)]
+    unsafe fn scales(&self) -> __m256 {
+        load_f16x8(&self.d)
+    }
 }
 
-/// Σ x·y of signed bytes (the sign moves onto `y` so `maddubs` can take |x|).
-#[inline(always)]
-unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
-    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+impl Avx2Group for Q8_0x8 {
+    #[inline(always)]
+    unsafe fn unpack(&self) -> [__m256i; 8] {
+        let p = self.qs.as_ptr() as *const __m256i;
+        std::array::from_fn(|i| _mm256_loadu_si256(p.add(i)))
+    }
+    #[inline(always)]
+    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+        // Signed × signed: the weight's sign moves onto the activation so `maddubs`
+        // takes |w|; a pair of products fits 16 bits, so each vector widens on its own.
+        let mut s = _mm256_setzero_si256();
+        for (i, &w) in u.iter().enumerate() {
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(act4(a, i), w));
+            s = _mm256_add_epi32(s, widen(p));
+        }
+        s
+    }
+    #[inline(always)]
+    unsafe fn scales(&self) -> __m256 {
+        load_f16x8(&self.d)
+    }
 }
 
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-#[inline(always)]
-unsafe fn load_act(a: &ActBlock) -> __m256i {
-    _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i)
-}
-
-/// Defines a kernel `$name::<R>(w, acts, out)`: `out[r] = w · acts[r]` for `R` rows.
-/// `$unpack` turns a weight block into (32 bytes, signed?) and `$extra` adds the
-/// per-block constant term (Q4_1's offset).
+/// `out[r][j] = row j of the group · acts[r]` for one group of eight weight rows
+/// (`w`: its blocks in order) and `R` activation rows.
 ///
-/// Blocks go in pairs into two sets of accumulators, so a single row's sum is two
-/// dependency chains of fused multiply-adds instead of one: at batch 1 (one sequence
-/// decoding) the chain's latency, not the arithmetic, set the pace.
-macro_rules! kernel {
-    ($name:ident, $block:ty, $dot:ident, |$w:ident| $unpack:expr, |$wb:ident, $a:ident| $extra:expr) => {
-        /// # Safety
-        /// The CPU must support AVX2 and FMA; every `acts[r]` is at least as long as `w`.
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn $name<const R: usize>(
-            w: &[$block],
-            acts: [&[ActBlock]; R],
-            out: &mut [f32; R],
-        ) {
-            let mut acc = [[_mm256_setzero_ps(); R]; 2];
-            let mut extra = [[0f32; R]; 2];
-            let step = |b: usize, $w: &$block, acc: &mut [__m256; R], extra: &mut [f32; R]| {
-                let x = $unpack;
-                let dw = _mm256_set1_ps(h($w.d));
-                for r in 0..R {
-                    let $a = acts[r].get_unchecked(b);
-                    let p = $dot(x, load_act($a));
-                    let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&$a.d));
-                    acc[r] = _mm256_fmadd_ps(scale, p, acc[r]);
-                    let $wb = $w;
-                    extra[r] += $extra;
-                }
-            };
-            let [acc0, acc1] = &mut acc;
-            let [extra0, extra1] = &mut extra;
-            let pairs = w.len() / 2;
-            for i in 0..pairs {
-                step(2 * i, w.get_unchecked(2 * i), acc0, extra0);
-                step(2 * i + 1, w.get_unchecked(2 * i + 1), acc1, extra1);
-            }
-            if w.len() % 2 == 1 {
-                step(w.len() - 1, w.get_unchecked(w.len() - 1), acc0, extra0);
-            }
-            for r in 0..R {
-                out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r])) + extra0[r] + extra1[r];
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; every `acts[r]` is at least as long as `w`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv<G: Avx2Group, const R: usize>(
+    w: &[G],
+    acts: [&[ActBlock]; R],
+    out: &mut [[f32; 8]; R],
+) {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, g) in w.iter().enumerate() {
+        let u = g.unpack();
+        let dw = g.scales();
+        let mins = g.mins();
+        for r in 0..R {
+            let a = acts[r].get_unchecked(b);
+            let s = _mm256_cvtepi32_ps(G::row_sums(&u, a));
+            acc[r] = _mm256_fmadd_ps(s, _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[r]);
+            if let Some(m) = mins {
+                acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc[r]);
             }
         }
-    };
+    }
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
 }
-
-kernel!(
-    dot_q4_0,
-    BlockQ4_0,
-    dot_i8_i8,
-    |w| _mm256_sub_epi8(unpack_nibbles(&w.qs), _mm256_set1_epi8(8)),
-    |_wb, _a| 0.0
-);
-kernel!(
-    dot_q4_1,
-    BlockQ4_1,
-    dot_u8_i8,
-    |w| unpack_nibbles(&w.qs),
-    |wb, a| h(wb.m) * a.s
-);
-kernel!(
-    dot_q5_0,
-    BlockQ5_0,
-    dot_i8_i8,
-    |w| {
-        // Values are nibble | fifth bit << 4, minus 16: set the high nibble to 0xf0
-        // (i.e. subtract 16) where the fifth bit is clear.
-        let high = _mm256_andnot_si256(
-            spread_bits(u32::from_le_bytes(w.qh)),
-            _mm256_set1_epi8(0xf0u8 as i8),
-        );
-        _mm256_or_si256(unpack_nibbles(&w.qs), high)
-    },
-    |_wb, _a| 0.0
-);
-kernel!(
-    dot_q8_0,
-    BlockQ8_0,
-    dot_i8_i8,
-    |w| _mm256_loadu_si256(w.qs.as_ptr() as *const __m256i),
-    |_wb, _a| 0.0
-);

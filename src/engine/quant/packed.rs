@@ -1,0 +1,247 @@
+//! Weight blocks regrouped eight rows at a time, the layout the kernels multiply.
+//!
+//! In the file a weight row's blocks follow one another, and a dot product of one row
+//! with one activation row ends in a horizontal sum per block. Interleaving the blocks
+//! of eight rows puts, in each 32-byte vector, four consecutive weights of each of the
+//! eight rows: multiplied with the matching four activations broadcast to every lane,
+//! the eight rows' sums build up side by side in the lanes of one register, and their
+//! scales load as one vector. The kernels then spend about a third of the instructions
+//! per weight block that a row-at-a-time product needs, and write eight outputs at once.
+//!
+//! For every type, vector `i` (0..8) of a group holds elements `4i..4i + 4` of each row:
+//! byte `32i + 4r + k` (or nibble, see [`Q4_1x8`]) is element `4i + k` of row `r`.
+
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock};
+
+/// Rows per group.
+pub const ROWS: usize = 8;
+
+/// Eight rows' blocks at one block index, interleaved.
+pub trait Interleaved: Copy + Send + Sync + 'static {
+    /// The file's block type.
+    type Block: WeightBlock;
+    /// Interleaves block `b` of eight rows.
+    fn pack(rows: &[Self::Block; ROWS]) -> Self;
+    /// Row `r`'s block, as the file stores it.
+    fn block(&self, r: usize) -> Self::Block;
+}
+
+/// Packs 4-bit blocks' nibbles: byte `j` of a block holds element `j` (low nibble) and
+/// element `j + 16` (high nibble); packed byte `32p + 4r + k` holds row `r`'s byte
+/// `4p + k`, so the low nibbles of packed vector `p` are elements `4p..4p + 4` and the
+/// high nibbles elements `16 + 4p..`, i.e. vector `p + 4`.
+fn pack_nibbles(rows: [&[u8; 16]; ROWS]) -> [u8; 128] {
+    let mut qs = [0u8; 128];
+    for p in 0..4 {
+        for (r, row) in rows.iter().enumerate() {
+            qs[p * 32 + r * 4..p * 32 + r * 4 + 4].copy_from_slice(&row[4 * p..4 * p + 4]);
+        }
+    }
+    qs
+}
+
+fn unpack_nibbles(qs: &[u8; 128], r: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = qs[(j / 4) * 32 + r * 4 + j % 4];
+    }
+    out
+}
+
+/// Eight [`BlockQ4_0`]s.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Q4_0x8 {
+    pub qs: [u8; 128],
+    pub d: [u16; ROWS],
+}
+
+/// Eight [`BlockQ4_1`]s.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Q4_1x8 {
+    pub qs: [u8; 128],
+    pub d: [u16; ROWS],
+    pub m: [u16; ROWS],
+}
+
+/// Eight [`BlockQ5_0`]s. `qh[i]` bit `4r + k` is the fifth bit of row `r`'s element
+/// `4i + k`, lined up with the bytes of vector `i`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Q5_0x8 {
+    pub qs: [u8; 128],
+    pub qh: [u32; ROWS],
+    pub d: [u16; ROWS],
+}
+
+/// Eight [`BlockQ8_0`]s.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Q8_0x8 {
+    pub qs: [i8; 256],
+    pub d: [u16; ROWS],
+}
+
+impl Interleaved for Q4_0x8 {
+    type Block = BlockQ4_0;
+    fn pack(rows: &[BlockQ4_0; ROWS]) -> Self {
+        Self {
+            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            d: rows.map(|b| b.d),
+        }
+    }
+    fn block(&self, r: usize) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: self.d[r],
+            qs: unpack_nibbles(&self.qs, r),
+        }
+    }
+}
+
+impl Interleaved for Q4_1x8 {
+    type Block = BlockQ4_1;
+    fn pack(rows: &[BlockQ4_1; ROWS]) -> Self {
+        Self {
+            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            d: rows.map(|b| b.d),
+            m: rows.map(|b| b.m),
+        }
+    }
+    fn block(&self, r: usize) -> BlockQ4_1 {
+        BlockQ4_1 {
+            d: self.d[r],
+            m: self.m[r],
+            qs: unpack_nibbles(&self.qs, r),
+        }
+    }
+}
+
+impl Interleaved for Q5_0x8 {
+    type Block = BlockQ5_0;
+    fn pack(rows: &[BlockQ5_0; ROWS]) -> Self {
+        let mut qh = [0u32; ROWS];
+        for (r, b) in rows.iter().enumerate() {
+            let bits = u32::from_le_bytes(b.qh);
+            for j in 0..32 {
+                qh[j / 4] |= ((bits >> j) & 1) << (r * 4 + j % 4);
+            }
+        }
+        Self {
+            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            qh,
+            d: rows.map(|b| b.d),
+        }
+    }
+    fn block(&self, r: usize) -> BlockQ5_0 {
+        let mut bits = 0u32;
+        for j in 0..32 {
+            bits |= ((self.qh[j / 4] >> (r * 4 + j % 4)) & 1) << j;
+        }
+        BlockQ5_0 {
+            d: self.d[r],
+            qh: bits.to_le_bytes(),
+            qs: unpack_nibbles(&self.qs, r),
+        }
+    }
+}
+
+impl Interleaved for Q8_0x8 {
+    type Block = BlockQ8_0;
+    fn pack(rows: &[BlockQ8_0; ROWS]) -> Self {
+        let mut qs = [0i8; 256];
+        for i in 0..8 {
+            for (r, row) in rows.iter().enumerate() {
+                qs[i * 32 + r * 4..i * 32 + r * 4 + 4].copy_from_slice(&row.qs[4 * i..4 * i + 4]);
+            }
+        }
+        Self {
+            qs,
+            d: rows.map(|b| b.d),
+        }
+    }
+    fn block(&self, r: usize) -> BlockQ8_0 {
+        let mut qs = [0i8; 32];
+        for (j, q) in qs.iter_mut().enumerate() {
+            *q = self.qs[(j / 4) * 32 + r * 4 + j % 4];
+        }
+        BlockQ8_0 { d: self.d[r], qs }
+    }
+}
+
+/// Regroups a matrix of `n` rows × `kb` blocks, stored as in the file (`bytes`), into
+/// groups of eight rows: group `g`'s block `b` is element `g * kb + b`. Rows past `n` in
+/// the last group are zero blocks (their outputs are never written). `None` when the
+/// byte count does not match.
+pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<G>> {
+    let size = <G::Block as WeightBlock>::BYTES;
+    if std::mem::size_of::<G::Block>() != size || bytes.len() != n.checked_mul(kb)? * size {
+        return None;
+    }
+    let groups = n.div_ceil(ROWS);
+    let mut out: Vec<G> = Vec::with_capacity(groups * kb);
+    super::blocks::prefer_huge_pages(
+        out.as_mut_ptr() as *mut u8,
+        groups * kb * std::mem::size_of::<G>(),
+    );
+    let zero = vec![0u8; size];
+    let read = |row: usize, b: usize| -> G::Block {
+        let at = if row < n {
+            &bytes[(row * kb + b) * size..(row * kb + b + 1) * size]
+        } else {
+            &zero[..]
+        };
+        // SAFETY: `at` holds `size_of::<G::Block>()` bytes (checked above); the block
+        // types are `repr(C)` structs of integers, valid for any bytes; the read is
+        // unaligned because the file gives no alignment.
+        unsafe { std::ptr::read_unaligned(at.as_ptr() as *const G::Block) }
+    };
+    for g in 0..groups {
+        for b in 0..kb {
+            let rows = std::array::from_fn(|r| read(g * ROWS + r, b));
+            out.push(G::pack(&rows));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn roundtrip<G: Interleaved>()
+    where
+        G::Block: std::fmt::Debug,
+    {
+        let size = <G::Block as WeightBlock>::BYTES;
+        let (n, kb) = (11, 3);
+        let raw = bytes(n * kb * size, 5);
+        let packed: Vec<G> = pack_matrix(&raw, n, kb).expect("sizes match");
+        assert_eq!(packed.len(), 2 * kb);
+        for row in 0..n {
+            for b in 0..kb {
+                let got = packed[(row / ROWS) * kb + b].block(row % ROWS);
+                // SAFETY: a block is `size` bytes of plain integers.
+                let got: &[u8] = unsafe {
+                    std::slice::from_raw_parts(&got as *const G::Block as *const u8, size)
+                };
+                assert_eq!(got, &raw[(row * kb + b) * size..(row * kb + b + 1) * size]);
+            }
+        }
+        assert!(pack_matrix::<G>(&raw[1..], n, kb).is_none());
+    }
+
+    #[test]
+    fn packing_keeps_every_block() {
+        roundtrip::<Q4_0x8>();
+        roundtrip::<Q4_1x8>();
+        roundtrip::<Q5_0x8>();
+        roundtrip::<Q8_0x8>();
+    }
+}
