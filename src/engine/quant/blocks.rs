@@ -21,6 +21,8 @@ pub struct ActBlock {
     pub d: f32,
     pub s: f32,
     pub sum: i32,
+    /// `Σ qs` over the first 16 elements (Q6_K scales each half on its own).
+    pub sum_lo: i32,
 }
 
 impl ActBlock {
@@ -29,6 +31,7 @@ impl ActBlock {
         d: 0.0,
         s: 0.0,
         sum: 0,
+        sum_lo: 0,
     };
 }
 
@@ -42,9 +45,12 @@ pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
-        for (q, v) in b.qs.iter_mut().zip(xs) {
+        for (i, (q, v)) in b.qs.iter_mut().zip(xs).enumerate() {
             let r = (v * id).round() as i32;
             sum += r;
+            if i == 15 {
+                b.sum_lo = sum;
+            }
             *q = r as i8;
         }
         b.d = f16::from_f32(d).to_f32();
@@ -57,6 +63,8 @@ pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
 pub trait WeightBlock: Copy + Send + Sync + 'static {
     /// Bytes per block in the file.
     const BYTES: usize;
+    /// The block of 32 zeros (rows that pad a group).
+    const ZERO: Self;
     /// The 32 weights of the block.
     fn dequantize(&self) -> [f32; QK];
     /// Dot product of a row of blocks with a row of activation blocks, portable code.
@@ -121,6 +129,7 @@ fn idot(a: &[i32; QK], b: &[i8; QK]) -> i32 {
 
 impl WeightBlock for BlockQ4_0 {
     const BYTES: usize = 18;
+    const ZERO: Self = Self { d: 0, qs: [0; 16] };
     fn dequantize(&self) -> [f32; QK] {
         let d = h(self.d);
         nibbles(&self.qs).map(|q| d * (q - 8) as f32)
@@ -138,6 +147,11 @@ impl WeightBlock for BlockQ4_0 {
 
 impl WeightBlock for BlockQ4_1 {
     const BYTES: usize = 20;
+    const ZERO: Self = Self {
+        d: 0,
+        m: 0,
+        qs: [0; 16],
+    };
     fn dequantize(&self) -> [f32; QK] {
         let (d, m) = (h(self.d), h(self.m));
         nibbles(&self.qs).map(|q| d * q as f32 + m)
@@ -163,6 +177,11 @@ impl BlockQ5_0 {
 
 impl WeightBlock for BlockQ5_0 {
     const BYTES: usize = 22;
+    const ZERO: Self = Self {
+        d: 0,
+        qh: [0; 4],
+        qs: [0; 16],
+    };
     fn dequantize(&self) -> [f32; QK] {
         let d = h(self.d);
         self.values().map(|q| d * q as f32)
@@ -177,6 +196,7 @@ impl WeightBlock for BlockQ5_0 {
 
 impl WeightBlock for BlockQ8_0 {
     const BYTES: usize = 34;
+    const ZERO: Self = Self { d: 0, qs: [0; QK] };
     fn dequantize(&self) -> [f32; QK] {
         let d = h(self.d);
         self.qs.map(|q| d * q as f32)

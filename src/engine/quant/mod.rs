@@ -10,6 +10,7 @@
 //! already vectorized) and other devices stay with candle's `QMatMul`; [`Linear`] picks.
 
 pub mod blocks;
+pub mod kquants;
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -21,7 +22,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
 
 use blocks::{ActBlock, QK, WeightBlock};
-use packed::{Interleaved, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, ROWS};
+use packed::{Interleaved, Q4_0x8, Q4_1x8, Q4Kx8, Q5_0x8, Q6Kx8, Q8_0x8, ROWS};
 
 /// A weight matrix `[n, k]` in one of the block types this module multiplies, its rows
 /// regrouped eight at a time ([`packed`]).
@@ -36,6 +37,8 @@ enum Groups {
     Q4_1(Vec<Q4_1x8>),
     Q5_0(Vec<Q5_0x8>),
     Q8_0(Vec<Q8_0x8>),
+    Q4K(Vec<Q4Kx8>),
+    Q6K(Vec<Q6Kx8>),
 }
 
 /// Which code multiplies: chosen once per process.
@@ -79,6 +82,16 @@ impl QWeight {
             GgmlDType::Q4_1 => Groups::Q4_1(packed::pack_matrix(&data, n, kb)?),
             GgmlDType::Q5_0 => Groups::Q5_0(packed::pack_matrix(&data, n, kb)?),
             GgmlDType::Q8_0 => Groups::Q8_0(packed::pack_matrix(&data, n, kb)?),
+            GgmlDType::Q4K => {
+                let blocks =
+                    kquants::split_matrix(&data, n, k, kquants::Q4K_BYTES, kquants::split_q4k)?;
+                Groups::Q4K(packed::pack_blocks(&blocks, n, kb))
+            }
+            GgmlDType::Q6K => {
+                let blocks =
+                    kquants::split_matrix(&data, n, k, kquants::Q6K_BYTES, kquants::split_q6k)?;
+                Groups::Q6K(packed::pack_blocks(&blocks, n, kb))
+            }
             _ => return None,
         };
         Some(Self { n, k, groups })
@@ -107,6 +120,8 @@ impl QWeight {
                 Groups::Q4_1(g) => self.extend_row(g, id, &mut out),
                 Groups::Q5_0(g) => self.extend_row(g, id, &mut out),
                 Groups::Q8_0(g) => self.extend_row(g, id, &mut out),
+                Groups::Q4K(g) => self.extend_row(g, id, &mut out),
+                Groups::Q6K(g) => self.extend_row(g, id, &mut out),
             }
         }
         Tensor::from_vec(out, (ids.len(), self.k), device)
@@ -139,6 +154,8 @@ impl QWeight {
             Groups::Q4_1(g) => run(g, self.n, kb, acts, m, dst, pick::<Q4_1x8>()),
             Groups::Q5_0(g) => run(g, self.n, kb, acts, m, dst, pick::<Q5_0x8>()),
             Groups::Q8_0(g) => run(g, self.n, kb, acts, m, dst, pick::<Q8_0x8>()),
+            Groups::Q4K(g) => run(g, self.n, kb, acts, m, dst, pick::<Q4Kx8>()),
+            Groups::Q6K(g) => run(g, self.n, kb, acts, m, dst, pick::<Q6Kx8>()),
         }
     }
 }
@@ -431,7 +448,7 @@ mod tests {
 
     fn check(dtype: GgmlDType) {
         let dev = Device::Cpu;
-        let (n, k) = (37, 256);
+        let (n, k) = (37, 512);
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let t = QTensor::quantize(&w, dtype).unwrap();
         let q = QWeight::from_qtensor(&t).expect("supported type");
@@ -459,6 +476,8 @@ mod tests {
                         Groups::Q4_1(g) => row_dot(g, row, a),
                         Groups::Q5_0(g) => row_dot(g, row, a),
                         Groups::Q8_0(g) => row_dot(g, row, a),
+                        Groups::Q4K(g) => row_dot(g, row, a),
+                        Groups::Q6K(g) => row_dot(g, row, a),
                     };
                     let g = got[i * n + row];
                     assert!(
@@ -477,6 +496,8 @@ mod tests {
             GgmlDType::Q4_1,
             GgmlDType::Q5_0,
             GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
         ] {
             check(dtype);
         }
@@ -485,12 +506,14 @@ mod tests {
     #[test]
     fn dequantize_matches_candle() {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (19, 64), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (19, 256), &dev).unwrap();
         for dtype in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
             GgmlDType::Q5_0,
             GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
         ] {
             let t = QTensor::quantize(&w, dtype).unwrap();
             let want: Vec<f32> = t
@@ -516,7 +539,7 @@ mod tests {
     #[test]
     fn other_types_are_left_to_candle() {
         let w = Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap();
-        let t = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let t = QTensor::quantize(&w, GgmlDType::Q5K).unwrap();
         assert!(QWeight::from_qtensor(&t).is_none());
     }
 }

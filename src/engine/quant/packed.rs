@@ -12,6 +12,7 @@
 //! byte `32i + 4r + k` (or nibble, see [`Q4_1x8`]) is element `4i + k` of row `r`.
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock};
+use super::kquants::{BlockQ4K32, BlockQ6K32};
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -169,40 +170,114 @@ impl Interleaved for Q8_0x8 {
     }
 }
 
-/// Regroups a matrix of `n` rows × `kb` blocks, stored as in the file (`bytes`), into
-/// groups of eight rows: group `g`'s block `b` is element `g * kb + b`. Rows past `n` in
-/// the last group are zero blocks (their outputs are never written). `None` when the
-/// byte count does not match.
-pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<G>> {
-    let size = <G::Block as WeightBlock>::BYTES;
-    if std::mem::size_of::<G::Block>() != size || bytes.len() != n.checked_mul(kb)? * size {
-        return None;
+/// Eight [`BlockQ4K32`]s (Q4_K slices): nibbles as [`Q4_1x8`], scales in `f32`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Q4Kx8 {
+    pub qs: [u8; 128],
+    pub d: [f32; ROWS],
+    pub m: [f32; ROWS],
+}
+
+/// Eight [`BlockQ6K32`]s (Q6_K slices): one byte per weight (0..64) as [`Q8_0x8`];
+/// `d[h][r]` scales half `h` (elements `16h..16h + 16`) of row `r`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Q6Kx8 {
+    pub q: [u8; 256],
+    pub d: [[f32; ROWS]; 2],
+}
+
+impl Interleaved for Q4Kx8 {
+    type Block = BlockQ4K32;
+    fn pack(rows: &[BlockQ4K32; ROWS]) -> Self {
+        Self {
+            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            d: rows.map(|b| b.d),
+            m: rows.map(|b| b.m),
+        }
     }
+    fn block(&self, r: usize) -> BlockQ4K32 {
+        BlockQ4K32 {
+            d: self.d[r],
+            m: self.m[r],
+            qs: unpack_nibbles(&self.qs, r),
+        }
+    }
+}
+
+impl Interleaved for Q6Kx8 {
+    type Block = BlockQ6K32;
+    fn pack(rows: &[BlockQ6K32; ROWS]) -> Self {
+        let mut q = [0u8; 256];
+        for i in 0..8 {
+            for (r, row) in rows.iter().enumerate() {
+                q[i * 32 + r * 4..i * 32 + r * 4 + 4].copy_from_slice(&row.q[4 * i..4 * i + 4]);
+            }
+        }
+        Self {
+            q,
+            d: [rows.map(|b| b.d[0]), rows.map(|b| b.d[1])],
+        }
+    }
+    fn block(&self, r: usize) -> BlockQ6K32 {
+        BlockQ6K32 {
+            d: [self.d[0][r], self.d[1][r]],
+            q: std::array::from_fn(|j| self.q[(j / 4) * 32 + r * 4 + j % 4]),
+        }
+    }
+}
+
+/// Groups `n` rows × `kb` blocks, `block(row, b)` giving each, into groups of eight
+/// rows: group `g`'s block `b` is element `g * kb + b`. Rows past `n` in the last group
+/// are zero blocks (their outputs are never written).
+fn group_rows<G: Interleaved>(
+    n: usize,
+    kb: usize,
+    block: impl Fn(usize, usize) -> G::Block,
+) -> Vec<G> {
     let groups = n.div_ceil(ROWS);
     let mut out: Vec<G> = Vec::with_capacity(groups * kb);
     super::blocks::prefer_huge_pages(
         out.as_mut_ptr() as *mut u8,
         groups * kb * std::mem::size_of::<G>(),
     );
-    let zero = vec![0u8; size];
-    let read = |row: usize, b: usize| -> G::Block {
-        let at = if row < n {
-            &bytes[(row * kb + b) * size..(row * kb + b + 1) * size]
-        } else {
-            &zero[..]
-        };
+    for g in 0..groups {
+        for b in 0..kb {
+            let rows = std::array::from_fn(|r| {
+                let row = g * ROWS + r;
+                if row < n {
+                    block(row, b)
+                } else {
+                    <G::Block as WeightBlock>::ZERO
+                }
+            });
+            out.push(G::pack(&rows));
+        }
+    }
+    out
+}
+
+/// Groups a matrix stored as in the file (`bytes`: `n` rows × `kb` blocks). `None`
+/// when the byte count does not match.
+pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<G>> {
+    let size = <G::Block as WeightBlock>::BYTES;
+    if std::mem::size_of::<G::Block>() != size || bytes.len() != n.checked_mul(kb)? * size {
+        return None;
+    }
+    Some(group_rows(n, kb, |row, b| {
+        let at = &bytes[(row * kb + b) * size..(row * kb + b + 1) * size];
         // SAFETY: `at` holds `size_of::<G::Block>()` bytes (checked above); the block
         // types are `repr(C)` structs of integers, valid for any bytes; the read is
         // unaligned because the file gives no alignment.
         unsafe { std::ptr::read_unaligned(at.as_ptr() as *const G::Block) }
-    };
-    for g in 0..groups {
-        for b in 0..kb {
-            let rows = std::array::from_fn(|r| read(g * ROWS + r, b));
-            out.push(G::pack(&rows));
-        }
-    }
-    Some(out)
+    }))
+}
+
+/// Groups a matrix already split into blocks (`blocks`: `n` rows × `kb`, row order).
+pub fn pack_blocks<G: Interleaved>(blocks: &[G::Block], n: usize, kb: usize) -> Vec<G> {
+    debug_assert_eq!(blocks.len(), n * kb);
+    group_rows(n, kb, |row, b| blocks[row * kb + b])
 }
 
 #[cfg(test)]
@@ -243,5 +318,7 @@ mod tests {
         roundtrip::<Q4_1x8>();
         roundtrip::<Q5_0x8>();
         roundtrip::<Q8_0x8>();
+        roundtrip::<Q4Kx8>();
+        roundtrip::<Q6Kx8>();
     }
 }

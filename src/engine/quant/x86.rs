@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::ActBlock;
-use super::packed::{Interleaved, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8};
+use super::packed::{Interleaved, Q4_0x8, Q4_1x8, Q4Kx8, Q5_0x8, Q6Kx8, Q8_0x8};
 
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
@@ -23,22 +23,23 @@ pub fn available() -> bool {
 
 /// A group type the AVX2 kernel multiplies.
 pub trait Avx2Group: Interleaved {
-    /// The group's weights as eight vectors; vector `i` holds elements `4i..4i + 4` of
-    /// the eight rows (unsigned for the 4- and 5-bit types, signed for Q8_0).
-    unsafe fn unpack(&self) -> [__m256i; 8];
-    /// The eight rows' integer dot products with `a` (32-bit lanes, row `r` in lane `r`).
-    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i;
-    /// The eight rows' scales.
-    unsafe fn scales(&self) -> __m256;
-    /// The eight rows' minimums (Q4_1's offsets), when the type has them.
-    unsafe fn mins(&self) -> Option<__m256> {
-        None
-    }
+    /// The group in registers: weights and scales.
+    type Unpacked: Copy;
+    /// Loads the group; shared by every activation row multiplied with it.
+    unsafe fn unpack(&self) -> Self::Unpacked;
+    /// Adds the eight rows' products with one activation block to `acc` (lane `r`:
+    /// row `r`).
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256;
 }
 
 #[inline(always)]
 unsafe fn load_f16x8(v: &[u16; 8]) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i))
+}
+
+#[inline(always)]
+unsafe fn load_f32x8(v: &[f32; 8]) -> __m256 {
+    _mm256_loadu_ps(v.as_ptr())
 }
 
 /// Four activation bytes (elements `4i..4i + 4`) in every 32-bit lane.
@@ -62,55 +63,77 @@ unsafe fn unpack_nibbles(qs: &[u8; 128]) -> [__m256i; 8] {
     })
 }
 
-/// Σ over vectors `range` of unsigned weights × activations, as 16-bit pair sums.
-/// The caller keeps the sum inside 16 bits (weights ≤ 15 for eight vectors, ≤ 31 for
-/// four: activations are within ±127).
+/// 256 bytes → eight vectors.
 #[inline(always)]
-unsafe fn pair_sums(u: &[__m256i; 8], a: &ActBlock, range: std::ops::Range<usize>) -> __m256i {
+unsafe fn load_bytes(q: &[u8; 256]) -> [__m256i; 8] {
+    let p = q.as_ptr() as *const __m256i;
+    std::array::from_fn(|i| _mm256_loadu_si256(p.add(i)))
+}
+
+/// Σ over vectors `range` of unsigned weights × activations, widened to 32-bit lanes.
+/// The caller keeps the 16-bit pair sums in range (weights ≤ 15 for eight vectors,
+/// ≤ 31 for four, ≤ 63 for two: activations are within ±127).
+#[inline(always)]
+unsafe fn unsigned_dot(u: &[__m256i; 8], a: &ActBlock, range: std::ops::Range<usize>) -> __m256i {
     let mut s = _mm256_setzero_si256();
     for i in range {
         s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u[i], act4(a, i)));
     }
-    s
+    _mm256_madd_epi16(s, _mm256_set1_epi16(1))
 }
 
+/// `acc + sums · (dw · a.d)`.
 #[inline(always)]
-unsafe fn widen(pairs: __m256i) -> __m256i {
-    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+unsafe fn scaled(sums: __m256i, dw: __m256, a: &ActBlock, acc: __m256) -> __m256 {
+    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc)
 }
 
 impl Avx2Group for Q4_0x8 {
+    type Unpacked = ([__m256i; 8], __m256);
     #[inline(always)]
-    unsafe fn unpack(&self) -> [__m256i; 8] {
-        unpack_nibbles(&self.qs)
+    unsafe fn unpack(&self) -> Self::Unpacked {
+        (unpack_nibbles(&self.qs), load_f16x8(&self.d))
     }
     #[inline(always)]
-    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
         // Σ (q - 8)·a = Σ q·a - 8·Σ a.
-        _mm256_sub_epi32(widen(pair_sums(u, a, 0..8)), _mm256_set1_epi32(8 * a.sum))
-    }
-    #[inline(always)]
-    unsafe fn scales(&self) -> __m256 {
-        load_f16x8(&self.d)
+        let s = _mm256_sub_epi32(unsigned_dot(&u.0, a, 0..8), _mm256_set1_epi32(8 * a.sum));
+        scaled(s, u.1, a, acc)
     }
 }
 
 impl Avx2Group for Q4_1x8 {
+    type Unpacked = ([__m256i; 8], __m256, __m256);
     #[inline(always)]
-    unsafe fn unpack(&self) -> [__m256i; 8] {
-        unpack_nibbles(&self.qs)
+    unsafe fn unpack(&self) -> Self::Unpacked {
+        (
+            unpack_nibbles(&self.qs),
+            load_f16x8(&self.d),
+            load_f16x8(&self.m),
+        )
     }
     #[inline(always)]
-    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
-        widen(pair_sums(u, a, 0..8))
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
+        let acc = scaled(unsigned_dot(&u.0, a, 0..8), u.1, a, acc);
+        _mm256_fmadd_ps(u.2, _mm256_set1_ps(a.s), acc)
+    }
+}
+
+impl Avx2Group for Q4Kx8 {
+    type Unpacked = ([__m256i; 8], __m256, __m256);
+    #[inline(always)]
+    unsafe fn unpack(&self) -> Self::Unpacked {
+        (
+            unpack_nibbles(&self.qs),
+            load_f32x8(&self.d),
+            load_f32x8(&self.m),
+        )
     }
     #[inline(always)]
-    unsafe fn scales(&self) -> __m256 {
-        load_f16x8(&self.d)
-    }
-    #[inline(always)]
-    unsafe fn mins(&self) -> Option<__m256> {
-        Some(load_f16x8(&self.m))
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
+        let acc = scaled(unsigned_dot(&u.0, a, 0..8), u.1, a, acc);
+        _mm256_fmadd_ps(u.2, _mm256_set1_ps(a.d * a.sum as f32), acc)
     }
 }
 
@@ -130,43 +153,73 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
 }
 
 impl Avx2Group for Q5_0x8 {
+    type Unpacked = ([__m256i; 8], __m256);
     #[inline(always)]
-    unsafe fn unpack(&self) -> [__m256i; 8] {
+    unsafe fn unpack(&self) -> Self::Unpacked {
         let lo = unpack_nibbles(&self.qs);
-        std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(self.qh[i])))
+        (
+            std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(self.qh[i]))),
+            load_f16x8(&self.d),
+        )
     }
     #[inline(always)]
-    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
         // Values are 0..=31 stored for q - 16: two halves keep the pair sums in 16 bits.
-        let s = _mm256_add_epi32(widen(pair_sums(u, a, 0..4)), widen(pair_sums(u, a, 4..8)));
-        _mm256_sub_epi32(s, _mm256_set1_epi32(16 * a.sum))
+        let s = _mm256_add_epi32(unsigned_dot(&u.0, a, 0..4), unsigned_dot(&u.0, a, 4..8));
+        scaled(
+            _mm256_sub_epi32(s, _mm256_set1_epi32(16 * a.sum)),
+            u.1,
+            a,
+            acc,
+        )
+    }
+}
+
+impl Avx2Group for Q6Kx8 {
+    type Unpacked = ([__m256i; 8], __m256, __m256);
+    #[inline(always)]
+    unsafe fn unpack(&self) -> Self::Unpacked {
+        (
+            load_bytes(&self.q),
+            load_f32x8(&self.d[0]),
+            load_f32x8(&self.d[1]),
+        )
     }
     #[inline(always)]
-    unsafe fn scales(&self) -> __m256 {
-        load_f16x8(&self.d)
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
+        // Values are 0..=63 stored for q - 32, each half (16 elements) with its scale.
+        let half = |range: std::ops::Range<usize>, sum: i32| {
+            let s = _mm256_add_epi32(
+                unsigned_dot(&u.0, a, range.start..range.start + 2),
+                unsigned_dot(&u.0, a, range.start + 2..range.end),
+            );
+            _mm256_sub_epi32(s, _mm256_set1_epi32(32 * sum))
+        };
+        let acc = scaled(half(0..4, a.sum_lo), u.1, a, acc);
+        scaled(half(4..8, a.sum - a.sum_lo), u.2, a, acc)
     }
 }
 
 impl Avx2Group for Q8_0x8 {
+    type Unpacked = ([__m256i; 8], __m256);
     #[inline(always)]
-    unsafe fn unpack(&self) -> [__m256i; 8] {
+    unsafe fn unpack(&self) -> Self::Unpacked {
         let p = self.qs.as_ptr() as *const __m256i;
-        std::array::from_fn(|i| _mm256_loadu_si256(p.add(i)))
+        (
+            std::array::from_fn(|i| _mm256_loadu_si256(p.add(i))),
+            load_f16x8(&self.d),
+        )
     }
     #[inline(always)]
-    unsafe fn row_sums(u: &[__m256i; 8], a: &ActBlock) -> __m256i {
+    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
         // Signed × signed: the weight's sign moves onto the activation so `maddubs`
         // takes |w|; a pair of products fits 16 bits, so each vector widens on its own.
         let mut s = _mm256_setzero_si256();
-        for (i, &w) in u.iter().enumerate() {
+        for (i, &w) in u.0.iter().enumerate() {
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(act4(a, i), w));
-            s = _mm256_add_epi32(s, widen(p));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
         }
-        s
-    }
-    #[inline(always)]
-    unsafe fn scales(&self) -> __m256 {
-        load_f16x8(&self.d)
+        scaled(s, u.1, a, acc)
     }
 }
 
@@ -184,15 +237,8 @@ pub unsafe fn gemv<G: Avx2Group, const R: usize>(
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, g) in w.iter().enumerate() {
         let u = g.unpack();
-        let dw = g.scales();
-        let mins = g.mins();
         for r in 0..R {
-            let a = acts[r].get_unchecked(b);
-            let s = _mm256_cvtepi32_ps(G::row_sums(&u, a));
-            acc[r] = _mm256_fmadd_ps(s, _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[r]);
-            if let Some(m) = mins {
-                acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc[r]);
-            }
+            acc[r] = G::accumulate(&u, acts[r].get_unchecked(b), acc[r]);
         }
     }
     for r in 0..R {
