@@ -383,8 +383,31 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Loads one tensor onto `device`, straight from the mapped bytes.
+    /// A tensor's type and shape (rows last-but-one, as candle orders them).
+    pub fn tensor_info(&self, name: &str) -> Option<(GgmlDType, &[usize])> {
+        let info = self.content.tensor_infos.get(name)?;
+        Some((info.ggml_dtype, info.shape.dims()))
+    }
+
+    /// Loads one tensor onto `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let mut bytes = Vec::new();
+        let (dtype, dims) = self.tensor_bytes_into(name, &mut bytes)?;
+        Ok(ggml_file::qtensor_from_ggml(
+            dtype,
+            &bytes,
+            dims.to_vec(),
+            device,
+        )?)
+    }
+
+    /// Reads one tensor's stored bytes into `bytes` (resized to fit; a buffer reused
+    /// across tensors is faulted in once) and returns its type and shape.
+    pub fn tensor_bytes_into(
+        &self,
+        name: &str,
+        bytes: &mut Vec<u8>,
+    ) -> Result<(GgmlDType, &[usize])> {
         let info = self
             .content
             .tensor_infos
@@ -395,19 +418,14 @@ impl GgufFile {
             })?;
         let start = self.content.tensor_data_offset + info.offset;
         let size = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
-        let mut bytes = vec![0u8; size];
-        read_exact_at(&self.file, &mut bytes, start).map_err(|e| {
+        bytes.resize(size, 0);
+        read_exact_at(&self.file, bytes, start).map_err(|e| {
             Error::io(
                 format!("reading tensor `{name}` of {}", self.path.display()),
                 e,
             )
         })?;
-        Ok(ggml_file::qtensor_from_ggml(
-            info.ggml_dtype,
-            &bytes,
-            info.shape.dims().to_vec(),
-            device,
-        )?)
+        Ok((info.ggml_dtype, info.shape.dims()))
     }
 
     fn get(&self, key: &str) -> Result<&Value> {

@@ -69,8 +69,15 @@ impl Model {
         // Building a large vocabulary's tokenizer and copying the weights take about as
         // long as each other; do them at the same time.
         let (tokenizer, transformer) = std::thread::scope(|s| {
-            let tok = s.spawn(|| Tokenizer::from_gguf(&gguf));
+            let tok = s.spawn(|| {
+                let t = Instant::now();
+                let tok = Tokenizer::from_gguf(&gguf);
+                tracing::debug!(elapsed = ?t.elapsed(), "tokenizer built");
+                tok
+            });
+            let t = Instant::now();
             let tf = Transformer::load(&gguf, cfg, &opts.device, context);
+            tracing::debug!(elapsed = ?t.elapsed(), "weights loaded");
             let tok = tok.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (tok, tf)
         });

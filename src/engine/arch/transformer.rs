@@ -12,7 +12,7 @@ use super::{Activation, ArchConfig, RopeStyle};
 use crate::engine::error::{Error, Result};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv_cache::KvCache;
-use crate::engine::quant::{Linear, SharedInput};
+use crate::engine::quant::{Linear, QWeight, SharedInput};
 
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +116,37 @@ impl Transformer {
             }
             Ok(t)
         };
+        // Weights pathos multiplies itself are read into one reused buffer and regrouped
+        // from there: no intermediate candle tensor, no fresh pages per tensor.
+        let scratch = std::cell::RefCell::new(Vec::new());
+        let own = |name: &str, rows: usize, cols: usize| -> Result<Option<QWeight>> {
+            match gguf.tensor_info(name) {
+                Some((dtype, _)) if QWeight::handles(dtype, device) => {}
+                _ => return Ok(None),
+            }
+            let mut bytes = scratch.borrow_mut();
+            let (dtype, dims) = gguf.tensor_bytes_into(name, &mut bytes)?;
+            if dims != [rows, cols] {
+                return Err(Error::CorruptGguf {
+                    path: gguf.path().to_path_buf(),
+                    detail: format!(
+                        "tensor `{name}` is {dims:?}, the metadata implies {:?}",
+                        [rows, cols]
+                    ),
+                });
+            }
+            QWeight::from_bytes(dtype, &bytes, rows, cols)
+                .map(Some)
+                .ok_or_else(|| Error::CorruptGguf {
+                    path: gguf.path().to_path_buf(),
+                    detail: format!("tensor `{name}` has the wrong size for its type"),
+                })
+        };
         let mm = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
-            Ok(Linear::new(shaped(name, &[rows, cols])?, device)?)
+            match own(name, rows, cols)? {
+                Some(w) => Ok(Linear::Own(w)),
+                None => Ok(Linear::new(shaped(name, &[rows, cols])?, device)?),
+            }
         };
         let dense = |name: &str, len: usize| -> Result<Tensor> {
             Ok(shaped(name, &[len])?.dequantize(device)?)
@@ -139,28 +168,41 @@ impl Transformer {
         };
         let q_rows = cfg.n_head.checked_mul(head_dim).ok_or_else(too_big)?;
         let kv_rows = cfg.n_head_kv.checked_mul(head_dim).ok_or_else(too_big)?;
-        // The largest tensors first: each is read through a temporary buffer, and that
-        // transient copy costs least before the rest of the model is resident.
-        let embed = gguf.tensor("token_embd.weight", device)?;
-        let vocab = match embed.shape().dims() {
-            &[vocab, cols] if cols == n_embd => vocab,
+        let vocab = match gguf.tensor_info("token_embd.weight").map(|(_, d)| d) {
+            Some(&[vocab, cols]) if cols == n_embd => vocab,
             dims => {
                 return Err(Error::CorruptGguf {
                     path: gguf.path().to_path_buf(),
-                    detail: format!(
-                        "tensor `token_embd.weight` is {dims:?}, the metadata implies [_, {n_embd}]"
-                    ),
+                    detail: match dims {
+                        Some(dims) => format!(
+                            "tensor `token_embd.weight` is {dims:?}, the metadata implies [_, {n_embd}]"
+                        ),
+                        None => "tensor `token_embd.weight` is missing".into(),
+                    },
                 });
             }
         };
-        let embed = Arc::new(embed);
-        // Tied embeddings: the output projection shares the embedding matrix (one copy).
-        let (output, embed) = if gguf.has_tensor("output.weight") {
-            (mm("output.weight", vocab, n_embd)?, Some(embed))
+        // The largest tensors first: each is read through a temporary buffer, and that
+        // transient copy costs least before the rest of the model is resident.
+        // Tied embeddings: the output projection shares the embedding matrix (one copy),
+        // and token rows are read from it when pathos multiplies it.
+        let tied_own = if gguf.has_tensor("output.weight") {
+            None
         } else {
-            let out = Linear::shared(embed.clone(), device)?;
-            let keep = matches!(out, Linear::Candle(_)).then_some(embed);
-            (out, keep)
+            own("token_embd.weight", vocab, n_embd)?
+        };
+        let (output, embed) = match tied_own {
+            Some(w) => (Linear::Own(w), None),
+            None => {
+                let embed = Arc::new(gguf.tensor("token_embd.weight", device)?);
+                if gguf.has_tensor("output.weight") {
+                    (mm("output.weight", vocab, n_embd)?, Some(embed))
+                } else {
+                    let out = Linear::shared(embed.clone(), device)?;
+                    let keep = matches!(out, Linear::Candle(_)).then_some(embed);
+                    (out, keep)
+                }
+            }
         };
         let mut thetas: Vec<f32> = Vec::new();
         let mut layers = Vec::with_capacity(cfg.n_layer);
