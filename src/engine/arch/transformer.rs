@@ -420,16 +420,17 @@ impl Transformer {
         let rows = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &l.attn_norm, eps)?;
         let hs = SharedInput::new(&h);
-        let proj = |w: &Linear, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
-            let mut y = w.forward_shared(&hs)?;
-            if let Some(b) = b {
-                y = y.broadcast_add(b)?;
-            }
+        let [q, k, v] = Linear::forward_many([&l.wq, &l.wk, &l.wv], &hs)?;
+        let proj = |y: Tensor, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+            let y = match b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
             Ok(y.reshape((rows, heads, c.head_dim))?)
         };
-        let mut q = proj(&l.wq, &l.bq, c.n_head)?;
-        let mut k = proj(&l.wk, &l.bk, c.n_head_kv)?;
-        let v = proj(&l.wv, &l.bv, c.n_head_kv)?;
+        let mut q = proj(q, &l.bq, c.n_head)?;
+        let mut k = proj(k, &l.bk, c.n_head_kv)?;
+        let v = proj(v, &l.bv, c.n_head_kv)?;
         if let Some(n) = &l.q_norm {
             q = candle_nn::ops::rms_norm(&q, n, eps)?;
         }
@@ -457,12 +458,12 @@ impl Transformer {
         let x = (x + o)?;
         let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
         let hs = SharedInput::new(&h);
-        let gate = l.w_gate.forward_shared(&hs)?;
+        let [gate, up] = Linear::forward_many([&l.w_gate, &l.w_up], &hs)?;
         let gate = match c.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        let mut f = l.w_down.forward(&(gate * l.w_up.forward_shared(&hs)?)?)?;
+        let mut f = l.w_down.forward(&(gate * up)?)?;
         if let Some(n) = &l.post_ffn_norm {
             f = candle_nn::ops::rms_norm(&f, n, eps)?;
         }

@@ -164,19 +164,7 @@ impl QWeight {
     /// `dst[m, n] = acts[m, k] · selfᵀ` for activations already quantized (one input
     /// feeding several weights, such as the query, key and value projections).
     pub fn matmul_quantized(&self, acts: &Activations, dst: &mut [f32]) {
-        assert_eq!(acts.k, self.k, "activation width");
-        let m = acts.rows;
-        assert_eq!(dst.len(), m * self.n, "output shape");
-        let kb = self.k / QK;
-        let acts = &acts.blocks[..m * kb];
-        match &self.groups {
-            Groups::Q4_0(g) => run(g, self.n, kb, acts, m, dst, pick::<Q4_0x8>()),
-            Groups::Q4_1(g) => run(g, self.n, kb, acts, m, dst, pick::<Q4_1x8>()),
-            Groups::Q5_0(g) => run(g, self.n, kb, acts, m, dst, pick::<Q5_0x8>()),
-            Groups::Q8_0(g) => run(g, self.n, kb, acts, m, dst, pick::<Q8_0x8>()),
-            Groups::Q4K(g) => run(g, self.n, kb, acts, m, dst, pick::<Q4Kx8>()),
-            Groups::Q6K(g) => run(g, self.n, kb, acts, m, dst, pick::<Q6Kx8>()),
-        }
+        dispatch(&[self.job(acts, dst)]);
     }
 }
 
@@ -266,29 +254,34 @@ fn pick<G: Pick>() -> Kernel<G> {
     }
 }
 
-/// Splits the row groups over candle's CPU worker pool (the same threads candle's own
-/// kernels use, so the two never compete for cores); each worker multiplies its groups
-/// with every activation row, four at a time, while the group's blocks sit in L1.
-fn run<G: Interleaved>(
-    w: &[G],
+/// One weight's share of a dispatch: multiplies groups `range` of the weight with every
+/// activation row, writing into the destination it was made for.
+type GroupWork<'a> = Box<dyn Fn(std::ops::Range<usize>) + Sync + 'a>;
+
+/// The work of multiplying `w` (`n` rows in groups of eight, `kb` blocks each) with
+/// `m` activation rows into `dst` (`[m, n]`), split by groups. Each group is multiplied
+/// with every activation row, four at a time, while its blocks sit in L1.
+fn group_work<'a, G: Interleaved>(
+    w: &'a [G],
     n: usize,
     kb: usize,
-    acts: &[ActBlock],
+    acts: &'a [ActBlock],
     m: usize,
-    dst: &mut [f32],
+    dst: &'a mut [f32],
     kernel: Kernel<G>,
-) {
+) -> GroupWork<'a> {
+    assert!(dst.len() >= m * n && acts.len() >= m * kb && w.len() >= n.div_ceil(ROWS) * kb);
     let dst_addr = dst.as_mut_ptr() as usize;
-    let groups = n.div_ceil(ROWS);
-    let work = |range: std::ops::Range<usize>| {
+    Box::new(move |range: std::ops::Range<usize>| {
         let dst = dst_addr as *mut f32;
         for g in range {
             let first = g * ROWS;
             let width = ROWS.min(n - first);
             let put = |i: usize, out: &[f32; ROWS]| {
                 // SAFETY: `i < m` and `first + width <= n`, so the span lies inside `dst`
-                // (m * n floats); rows `first..first + width` of every output row belong
-                // to this group alone, and each group is run by exactly one worker.
+                // (m * n floats, borrowed mutably for 'a); rows `first..first + width` of
+                // every output row belong to this group alone, and each group is run by
+                // exactly one worker.
                 unsafe {
                     std::ptr::copy_nonoverlapping(out.as_ptr(), dst.add(i * n + first), width)
                 };
@@ -317,11 +310,63 @@ fn run<G: Interleaved>(
                 put(i, &o[0]);
             }
         }
+    })
+}
+
+/// Runs the groups of several weights as one dispatch over candle's CPU worker pool (the
+/// same threads candle's own kernels use, so the two never compete for cores): the
+/// query, key and value projections, or the gate and up projections, then cost one
+/// hand-off and one wait instead of three or two, and a worker done with one weight's
+/// groups moves on to the next weight's instead of idling at a barrier.
+fn dispatch(jobs: &[(usize, GroupWork<'_>)]) {
+    let total: usize = jobs.iter().map(|(groups, _)| groups).sum();
+    let work = |range: std::ops::Range<usize>| {
+        let mut start = 0;
+        for (groups, work) in jobs {
+            let end = start + groups;
+            let (lo, hi) = (range.start.max(start), range.end.min(end));
+            if lo < hi {
+                work(lo - start..hi - start);
+            }
+            start = end;
+        }
     };
-    if groups <= 1 {
-        work(0..groups);
+    if total <= 1 {
+        work(0..total);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(groups, work);
+        candle_core::utils::barrier_pool().execute_chunked(total, work);
+    }
+}
+
+impl QWeight {
+    /// This weight's part of a dispatch computing `dst = acts · selfᵀ`.
+    fn job<'a>(&'a self, acts: &'a Activations, dst: &'a mut [f32]) -> (usize, GroupWork<'a>) {
+        assert_eq!(acts.k, self.k, "activation width");
+        let m = acts.rows;
+        assert_eq!(dst.len(), m * self.n, "output shape");
+        let kb = self.k / QK;
+        let a = &acts.blocks[..m * kb];
+        let (n, groups) = (self.n, self.n.div_ceil(ROWS));
+        let work = match &self.groups {
+            Groups::Q4_0(g) => group_work(g, n, kb, a, m, dst, pick::<Q4_0x8>()),
+            Groups::Q4_1(g) => group_work(g, n, kb, a, m, dst, pick::<Q4_1x8>()),
+            Groups::Q5_0(g) => group_work(g, n, kb, a, m, dst, pick::<Q5_0x8>()),
+            Groups::Q8_0(g) => group_work(g, n, kb, a, m, dst, pick::<Q8_0x8>()),
+            Groups::Q4K(g) => group_work(g, n, kb, a, m, dst, pick::<Q4Kx8>()),
+            Groups::Q6K(g) => group_work(g, n, kb, a, m, dst, pick::<Q6Kx8>()),
+        };
+        (groups, work)
+    }
+
+    /// `dsts[i] = acts · ws[i]ᵀ` for several weights reading one input, in one dispatch.
+    pub fn matmul_many(ws: &[&QWeight], acts: &Activations, dsts: &mut [&mut [f32]]) {
+        assert_eq!(ws.len(), dsts.len(), "one destination per weight");
+        let jobs: Vec<_> = ws
+            .iter()
+            .zip(dsts.iter_mut())
+            .map(|(w, d)| w.job(acts, d))
+            .collect();
+        dispatch(&jobs);
     }
 }
 
@@ -415,6 +460,43 @@ impl<'a> SharedInput<'a> {
 }
 
 impl Linear {
+    /// `x · Wᵀ` for each of several layers reading the same input (`[rows, k]`): one
+    /// dispatch over all their weights when pathos multiplies every one of them.
+    pub fn forward_many<const N: usize>(
+        layers: [&Linear; N],
+        input: &SharedInput<'_>,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let own: Option<Vec<&QWeight>> = layers
+            .iter()
+            .map(|l| match l {
+                Self::Own(w) => Some(w),
+                Self::Candle(_) => None,
+            })
+            .collect();
+        let fused = input.x.dtype() == candle_core::DType::F32 && input.x.rank() == 2;
+        let Some(ws) = own.filter(|_| fused) else {
+            let mut out = Vec::with_capacity(N);
+            for l in layers {
+                out.push(l.forward_shared(input)?);
+            }
+            return Ok(out.try_into().unwrap_or_else(|_| unreachable!("N outputs")));
+        };
+        let acts = input.activations()?;
+        if let Some(w) = ws.iter().find(|w| w.k != acts.k) {
+            candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
+        }
+        let mut dsts: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; acts.rows * w.n]).collect();
+        {
+            let mut views: Vec<&mut [f32]> = dsts.iter_mut().map(|d| d.as_mut_slice()).collect();
+            QWeight::matmul_many(&ws, acts, &mut views);
+        }
+        let mut out = Vec::with_capacity(N);
+        for (d, w) in dsts.into_iter().zip(&ws) {
+            out.push(Tensor::from_vec(d, (acts.rows, w.n), input.x.device())?);
+        }
+        Ok(out.try_into().unwrap_or_else(|_| unreachable!("N outputs")))
+    }
+
     /// `x · Wᵀ` for an input shared with other layers (`[rows, k]`).
     pub fn forward_shared(&self, input: &SharedInput<'_>) -> candle_core::Result<Tensor> {
         match self {
