@@ -25,6 +25,7 @@ use super::{ApiError, AppState};
 use crate::backend::{Backend, Prompt, ScoreRequest};
 use crate::debate::config::{DebateConfig, SteerMethod, WriterSpec};
 use crate::debate::protocol::{Event, Observer, Quiet, rewrite as run_debate};
+use crate::debate::transcript::{TEMP_PREFIX, TranscriptFile, TranscriptWriteError};
 use crate::emotion::beam::Beam;
 use crate::emotion::detect::Detector;
 use crate::ethics::check::Method;
@@ -394,11 +395,7 @@ pub fn remove_stale_transcripts(dir: &std::path::Path) -> usize {
     };
     entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".pathos-transcript.")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
 }
@@ -422,13 +419,13 @@ fn save_transcript(
         rand::random::<u32>()
     );
     let path = dir.join(name);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pathos-transcript.")
-        .tempfile_in(dir)
-        .map_err(|e| fail(&e))?;
-    serde_json::to_writer_pretty(tmp.as_file_mut(), t).map_err(|e| fail(&e))?;
-    tmp.as_file_mut().sync_all().map_err(|e| fail(&e))?;
-    tmp.persist(&path).map_err(|e| fail(&e.error))?;
+    TranscriptFile::in_dir(dir)
+        .map_err(|e| fail(&e))?
+        .persist(&path, t)
+        .map_err(|e| match e {
+            TranscriptWriteError::Persist { source, .. } => fail(&source.error),
+            e => fail(&e),
+        })?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
