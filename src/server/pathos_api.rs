@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, parse_body};
 use crate::backend::{Backend, Prompt, ScoreRequest};
 use crate::debate::config::{DebateConfig, SteerMethod, WriterSpec};
 use crate::debate::protocol::{Event, Observer, Quiet, rewrite as run_debate};
@@ -29,15 +29,6 @@ use crate::debate::transcript::{TEMP_PREFIX, TranscriptFile, TranscriptWriteErro
 use crate::emotion::beam::Beam;
 use crate::emotion::detect::Detector;
 use crate::ethics::check::Method;
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            None,
-            format!("the request body is not a valid request: {e}"),
-        )
-    })
-}
 
 fn nonempty(text: &str) -> Result<(), ApiError> {
     if text.trim().is_empty() {
@@ -67,7 +58,7 @@ struct ScoreBody {
 pub async fn score(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let out: Result<Response, ApiError> = async {
-        let b: ScoreBody = parse(&body)?;
+        let b: ScoreBody = parse_body(&body)?;
         if b.options.is_empty() || b.options.len() > 64 || b.options.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
                 Some("options"),
@@ -107,7 +98,7 @@ fn yes() -> bool {
 pub async fn detect(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let out: Result<Response, ApiError> = async {
-        let b: DetectBody = parse(&body)?;
+        let b: DetectBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
         let st2 = st.clone();
@@ -156,7 +147,7 @@ fn two() -> usize {
 pub async fn ethics_check(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let out: Result<Response, ApiError> = async {
-        let b: EthicsBody = parse(&body)?;
+        let b: EthicsBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
         if st.standards.is_none() {
@@ -300,7 +291,7 @@ impl Observer for Forward {
 pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let out: Result<Response, ApiError> = async {
-        let b: RewriteBody = parse(&body)?;
+        let b: RewriteBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let beam = Beam::builtin();
         let target = beam
