@@ -181,6 +181,19 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     })
 }
 
+/// Runs a handler's work, records how long it took under `name` and answers its error,
+/// if any, with the error's JSON body.
+async fn timed(
+    st: &AppState,
+    name: &'static str,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = Instant::now();
+    let out = work.await;
+    st.metrics.record_request(name, started.elapsed());
+    out.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// Checks the bearer token in constant time when the server has a key.
 async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.options.api_key {

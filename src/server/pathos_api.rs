@@ -8,7 +8,6 @@
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{ApiError, AppState, parse_body};
+use super::{ApiError, AppState, parse_body, timed};
 use crate::backend::{Backend, Prompt, ScoreRequest};
 use crate::debate::config::{DebateConfig, SteerMethod, WriterSpec};
 use crate::debate::protocol::{Event, Observer, Quiet, rewrite as run_debate};
@@ -56,8 +55,7 @@ struct ScoreBody {
 /// `POST /v1/pathos/score`: the log-probability of each option as the continuation of
 /// the prompt, exactly (remote pathos backends use it for detection and judging).
 pub async fn score(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
+    timed(&st, "score", async {
         let b: ScoreBody = parse_body(&body)?;
         if b.options.is_empty() || b.options.len() > 64 || b.options.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
@@ -76,10 +74,8 @@ pub async fn score(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
             .await
             .ok_or_else(|| ApiError::internal("the engine stopped"))??;
         Ok(Json(json!(s)).into_response())
-    }
-    .await;
-    st.metrics.record_request("score", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -96,8 +92,7 @@ fn yes() -> bool {
 
 /// `POST /v1/pathos/detect`: where a text sits on each BEAM spectrum.
 pub async fn detect(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
+    timed(&st, "detect", async {
         let b: DetectBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
@@ -109,10 +104,8 @@ pub async fn detect(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         })
         .await?;
         Ok(Json(json!(d)).into_response())
-    }
-    .await;
-    st.metrics.record_request("detect", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -145,8 +138,7 @@ fn two() -> usize {
 /// `POST /v1/pathos/ethics/check`: the DIKE verdict, optionally reviewed by ERIS and
 /// rectified by debate; the same JSON as `pathos ethics check --json`.
 pub async fn ethics_check(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
+    timed(&st, "ethics_check", async {
         let b: EthicsBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
@@ -166,10 +158,8 @@ pub async fn ethics_check(State(st): State<Arc<AppState>>, body: Bytes) -> Respo
         })
         .await?;
         Ok(Json(v).into_response())
-    }
-    .await;
-    st.metrics.record_request("ethics_check", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 fn ethics_json(
@@ -289,8 +279,7 @@ impl Observer for Forward {
 /// `round`, `turn`, `round_end`, `step`), then `result` with the transcript (and the
 /// ethics verdict when asked), or `error`.
 pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
+    timed(&st, "rewrite", async {
         let b: RewriteBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let beam = Beam::builtin();
@@ -344,10 +333,8 @@ pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
                 .keep_alive(KeepAlive::default())
                 .into_response(),
         )
-    }
-    .await;
-    st.metrics.record_request("rewrite", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 fn debate_result(
