@@ -334,14 +334,8 @@ impl Backend for LocalBackend {
         let mut out: Vec<Option<Completion>> = vec![None; requests.len()];
         // Requests for one model decode together; models take turns in order of first
         // appearance.
-        let mut order: Vec<&str> = Vec::new();
-        for r in requests {
-            if !order.contains(&r.model.as_str()) {
-                order.push(&r.model);
-            }
-        }
-        for name in order {
-            let served = self.served(name)?;
+        for name in super::models_in_order(requests.iter().map(|r| r.model.as_str())) {
+            let served = self.served(&name)?;
             let idx: Vec<usize> = (0..requests.len())
                 .filter(|&i| requests[i].model == name)
                 .collect();

@@ -176,6 +176,18 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
 }
 
+/// The distinct model names among `names`, in order of first appearance: the order in
+/// which models take turns with a batch.
+pub(crate) fn models_in_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    for name in names {
+        if !order.iter().any(|m| m == name) {
+            order.push(name.to_string());
+        }
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::softmax;

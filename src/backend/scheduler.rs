@@ -265,13 +265,7 @@ impl Engine {
             }
         }
         self.waiting = kept;
-        let mut models: Vec<String> = Vec::new();
-        for (r, _) in &chats {
-            if !models.contains(&r.model) {
-                models.push(r.model.clone());
-            }
-        }
-        for name in models {
+        for name in super::models_in_order(chats.iter().map(|(r, _)| r.model.as_str())) {
             let group: Vec<_> = chats.iter().filter(|(r, _)| r.model == name).collect();
             self.start_group(&name, &group);
         }
@@ -371,13 +365,7 @@ impl Engine {
             return;
         }
         let t0 = Instant::now();
-        let mut models: Vec<String> = Vec::new();
-        for r in &self.running {
-            if !models.contains(&r.model) {
-                models.push(r.model.clone());
-            }
-        }
-        for name in models {
+        for name in super::models_in_order(self.running.iter().map(|r| r.model.as_str())) {
             let Ok(served) = self.local.served(&name) else {
                 continue;
             };

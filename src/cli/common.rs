@@ -129,13 +129,7 @@ pub fn load_backend(
     offline: bool,
 ) -> anyhow::Result<(Box<dyn pathos::backend::Backend>, Vec<String>)> {
     if let Some(spec) = remote_backend() {
-        let remote = pathos::backend::remote::RemoteBackend::connect(
-            &spec,
-            std::env::var("PATHOS_BACKEND_KEY")
-                .ok()
-                .filter(|k| !k.is_empty()),
-            std::time::Duration::from_secs(600),
-        )?;
+        let remote = connect_remote(&spec)?;
         let names = if specs.is_empty() {
             vec![pathos::backend::Backend::models(&remote)[0].clone()]
         } else {
@@ -167,6 +161,18 @@ pub fn set_backend(spec: Option<String>) -> anyhow::Result<()> {
 /// The remote backend asked for, if any.
 pub fn remote_backend() -> Option<String> {
     BACKEND.get().cloned().flatten()
+}
+
+/// Connects to the remote backend `spec` names, with the key in `PATHOS_BACKEND_KEY`
+/// (if set and not empty) and a ten-minute request timeout.
+pub fn connect_remote(spec: &str) -> anyhow::Result<pathos::backend::remote::RemoteBackend> {
+    Ok(pathos::backend::remote::RemoteBackend::connect(
+        spec,
+        std::env::var("PATHOS_BACKEND_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        std::time::Duration::from_secs(600),
+    )?)
 }
 
 /// Loads the models into this process (see [`load_backend`]).

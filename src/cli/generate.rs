@@ -172,13 +172,7 @@ fn remote(
     if args.guard {
         anyhow::bail!("--guard runs on the local backend only");
     }
-    let backend = pathos::backend::remote::RemoteBackend::connect(
-        spec,
-        std::env::var("PATHOS_BACKEND_KEY")
-            .ok()
-            .filter(|k| !k.is_empty()),
-        std::time::Duration::from_secs(600),
-    )?;
+    let backend = super::common::connect_remote(spec)?;
     let model = match &args.model.model {
         Some(m) => m.clone(),
         None => backend.models()[0].clone(),

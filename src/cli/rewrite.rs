@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use pathos::debate::config::{DebateConfig, SteerMethod, WriterSpec};
 use pathos::debate::protocol::{Event, Observer, rewrite};
-use pathos::debate::transcript::Transcript;
+use pathos::debate::transcript::{Transcript, TranscriptFile};
 use pathos::emotion::beam::{Beam, Target, format_level};
 use pathos::eval::metrics::spearman;
 
@@ -178,20 +178,10 @@ pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
     // Open the transcript file's temporary sibling now, so a bad path fails before the
     // debate rather than after it.
     let transcript_tmp = match &args.transcript {
-        Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            Some(
-                tempfile::Builder::new()
-                    .prefix(".pathos-transcript.")
-                    .tempfile_in(dir)
-                    .with_context(|| {
-                        format!("cannot write the transcript to {}", path.display())
-                    })?,
-            )
-        }
+        Some(path) => Some(
+            TranscriptFile::beside(path)
+                .with_context(|| format!("cannot write the transcript to {}", path.display()))?,
+        ),
         None => None,
     };
     let mut specs = d.model.clone();
@@ -230,8 +220,8 @@ pub fn run(args: RewriteArgs, offline: bool) -> anyhow::Result<ExitCode> {
     }
     if let (Some(tmp), Some(path)) = (transcript_tmp, &args.transcript) {
         match transcripts.as_slice() {
-            [t] => write_transcript(tmp, path, t)?,
-            all => write_transcript(tmp, path, &all)?,
+            [t] => tmp.persist(path, t)?,
+            all => tmp.persist(path, &all)?,
         }
     }
     let stdout = std::io::stdout();
@@ -332,19 +322,6 @@ fn sweep_report(
         "Spearman (target level, detected expectation): {}",
         rho.map_or("undefined".into(), |r| format!("{r:+.2}"))
     );
-    Ok(())
-}
-
-fn write_transcript<T: serde::Serialize + ?Sized>(
-    tmp: tempfile::NamedTempFile,
-    path: &std::path::Path,
-    t: &T,
-) -> anyhow::Result<()> {
-    let mut tmp = tmp;
-    serde_json::to_writer_pretty(tmp.as_file_mut(), t)?;
-    tmp.as_file_mut().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("writing the transcript to {}", path.display()))?;
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! `--transcript`; with the same seeds a rerun reproduces it exactly except for the
 //! timings ([`strip_timings`]).
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use super::config::DebateConfig;
@@ -260,5 +262,65 @@ pub fn strip_timings(v: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(strip_timings),
         _ => {}
+    }
+}
+
+/// Name prefix of the temporary files transcripts are written through; one left behind
+/// is a write a crash interrupted.
+pub const TEMP_PREFIX: &str = ".pathos-transcript.";
+
+/// A transcript file written atomically: the JSON goes to a temporary sibling of the
+/// destination, which is synced and then renamed into place, so a crash leaves either
+/// the whole file or none.
+pub struct TranscriptFile(tempfile::NamedTempFile);
+
+/// Why a [`TranscriptFile`] could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptWriteError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("writing the transcript to {path}")]
+    Persist {
+        path: String,
+        source: tempfile::PersistError,
+    },
+}
+
+impl TranscriptFile {
+    /// Opens the temporary file in `dir`.
+    pub fn in_dir(dir: &Path) -> std::io::Result<Self> {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)
+            .map(Self)
+    }
+
+    /// Opens the temporary file in the directory `path` will be in, so a path that
+    /// cannot be written fails now rather than after the debate.
+    pub fn beside(path: &Path) -> std::io::Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::in_dir(dir)
+    }
+
+    /// Writes `value` as pretty JSON, syncs it and renames it to `path`.
+    pub fn persist<T: Serialize + ?Sized>(
+        self,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), TranscriptWriteError> {
+        let mut tmp = self.0;
+        serde_json::to_writer_pretty(tmp.as_file_mut(), value)?;
+        tmp.as_file_mut().sync_all()?;
+        tmp.persist(path)
+            .map_err(|source| TranscriptWriteError::Persist {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(())
     }
 }

@@ -155,6 +155,45 @@ impl AppState {
     }
 }
 
+/// A JSON request body as `T`; an empty body, or one missing a field or giving an
+/// unknown variant, gets a 400 that says so (naming the field where it can).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            None,
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        let param = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown variant"))
+            .map(str::to_string);
+        ApiError {
+            param,
+            ..ApiError::invalid(
+                None,
+                format!("the request body is not a valid request: {msg}"),
+            )
+        }
+    })
+}
+
+/// Runs a handler's work, records how long it took under `name` and answers its error,
+/// if any, with the error's JSON body.
+async fn timed(
+    st: &AppState,
+    name: &'static str,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = Instant::now();
+    let out = work.await;
+    st.metrics.record_request(name, started.elapsed());
+    out.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// Checks the bearer token in constant time when the server has a key.
 async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.options.api_key {

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::parse_body;
 use crate::backend::{ChatRequest, Completion, Prompt};
 use crate::engine::constrain::Constraint;
 use crate::engine::generate::{FinishReason, TokenLogprob};
@@ -138,33 +139,9 @@ pub const MAX_STOPS: usize = 16;
 /// The most alternatives per token a client may ask for (as OpenAI allows).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            None,
-            "the request body is empty; send a JSON object",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        let param = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown variant"))
-            .map(str::to_string);
-        ApiError {
-            param,
-            ..ApiError::invalid(
-                None,
-                format!("the request body is not a valid request: {msg}"),
-            )
-        }
-    })
-}
-
 /// Parses and checks a chat completions body.
 pub fn parse_chat(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
-    let req: ChatCompletionRequest = parse(body)?;
+    let req: ChatCompletionRequest = parse_body(body)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             Some("messages"),
@@ -190,7 +167,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
 
 /// Parses and checks a completions body.
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
-    let req: CompletionRequest = parse(body)?;
+    let req: CompletionRequest = parse_body(body)?;
     if req.echo {
         return Err(ApiError::invalid(Some("echo"), "`echo` is not supported"));
     }

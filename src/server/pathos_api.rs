@@ -8,7 +8,6 @@
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,22 +20,14 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, parse_body, timed};
 use crate::backend::{Backend, Prompt, ScoreRequest};
 use crate::debate::config::{DebateConfig, SteerMethod, WriterSpec};
 use crate::debate::protocol::{Event, Observer, Quiet, rewrite as run_debate};
+use crate::debate::transcript::{TEMP_PREFIX, TranscriptFile, TranscriptWriteError};
 use crate::emotion::beam::Beam;
 use crate::emotion::detect::Detector;
 use crate::ethics::check::Method;
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            None,
-            format!("the request body is not a valid request: {e}"),
-        )
-    })
-}
 
 fn nonempty(text: &str) -> Result<(), ApiError> {
     if text.trim().is_empty() {
@@ -64,9 +55,8 @@ struct ScoreBody {
 /// `POST /v1/pathos/score`: the log-probability of each option as the continuation of
 /// the prompt, exactly (remote pathos backends use it for detection and judging).
 pub async fn score(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
-        let b: ScoreBody = parse(&body)?;
+    timed(&st, "score", async {
+        let b: ScoreBody = parse_body(&body)?;
         if b.options.is_empty() || b.options.len() > 64 || b.options.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
                 Some("options"),
@@ -84,10 +74,8 @@ pub async fn score(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
             .await
             .ok_or_else(|| ApiError::internal("the engine stopped"))??;
         Ok(Json(json!(s)).into_response())
-    }
-    .await;
-    st.metrics.record_request("score", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -104,9 +92,8 @@ fn yes() -> bool {
 
 /// `POST /v1/pathos/detect`: where a text sits on each BEAM spectrum.
 pub async fn detect(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
-        let b: DetectBody = parse(&body)?;
+    timed(&st, "detect", async {
+        let b: DetectBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
         let st2 = st.clone();
@@ -117,10 +104,8 @@ pub async fn detect(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         })
         .await?;
         Ok(Json(json!(d)).into_response())
-    }
-    .await;
-    st.metrics.record_request("detect", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -153,9 +138,8 @@ fn two() -> usize {
 /// `POST /v1/pathos/ethics/check`: the DIKE verdict, optionally reviewed by ERIS and
 /// rectified by debate; the same JSON as `pathos ethics check --json`.
 pub async fn ethics_check(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
-        let b: EthicsBody = parse(&body)?;
+    timed(&st, "ethics_check", async {
+        let b: EthicsBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let (model, _) = st.model(b.model.as_deref())?;
         if st.standards.is_none() {
@@ -174,10 +158,8 @@ pub async fn ethics_check(State(st): State<Arc<AppState>>, body: Bytes) -> Respo
         })
         .await?;
         Ok(Json(v).into_response())
-    }
-    .await;
-    st.metrics.record_request("ethics_check", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 fn ethics_json(
@@ -297,9 +279,8 @@ impl Observer for Forward {
 /// `round`, `turn`, `round_end`, `step`), then `result` with the transcript (and the
 /// ethics verdict when asked), or `error`.
 pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
-        let b: RewriteBody = parse(&body)?;
+    timed(&st, "rewrite", async {
+        let b: RewriteBody = parse_body(&body)?;
         nonempty(&b.text)?;
         let beam = Beam::builtin();
         let target = beam
@@ -352,10 +333,8 @@ pub async fn rewrite(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
                 .keep_alive(KeepAlive::default())
                 .into_response(),
         )
-    }
-    .await;
-    st.metrics.record_request("rewrite", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 fn debate_result(
@@ -394,11 +373,7 @@ pub fn remove_stale_transcripts(dir: &std::path::Path) -> usize {
     };
     entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".pathos-transcript.")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
 }
@@ -422,13 +397,13 @@ fn save_transcript(
         rand::random::<u32>()
     );
     let path = dir.join(name);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pathos-transcript.")
-        .tempfile_in(dir)
-        .map_err(|e| fail(&e))?;
-    serde_json::to_writer_pretty(tmp.as_file_mut(), t).map_err(|e| fail(&e))?;
-    tmp.as_file_mut().sync_all().map_err(|e| fail(&e))?;
-    tmp.persist(&path).map_err(|e| fail(&e.error))?;
+    TranscriptFile::in_dir(dir)
+        .map_err(|e| fail(&e))?
+        .persist(&path, t)
+        .map_err(|e| match e {
+            TranscriptWriteError::Persist { source, .. } => fail(&source.error),
+            e => fail(&e),
+        })?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -16,7 +15,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::openai::{self, ChatLogprobs, TextLogprobs, Usage, finish_reason, now};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, timed};
 use crate::backend::Completion;
 use crate::backend::scheduler::ChatEvent;
 use crate::engine::generate::TokenLogprob;
@@ -67,8 +66,7 @@ fn request_id(api: Api) -> String {
 }
 
 pub async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
+    timed(&st, "chat_completions", async {
         let req = openai::parse_chat(&body)?;
         let (model, context) = st.model(req.model.as_deref())?;
         let creq = req.to_request(&model, context)?;
@@ -82,16 +80,12 @@ pub async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> R
             req.logprobs,
         )
         .await
-    }
-    .await;
-    st.metrics
-        .record_request("chat_completions", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 pub async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let out: Result<Response, ApiError> = async {
+    timed(&st, "completions", async {
         let req = openai::parse_completion(&body)?;
         let (model, _) = st.model(req.model.as_deref())?;
         let creq = req.to_request(&model)?;
@@ -105,10 +99,8 @@ pub async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Respon
             req.logprobs.is_some(),
         )
         .await
-    }
-    .await;
-    st.metrics.record_request("completions", started.elapsed());
-    out.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 /// Queues a request and answers it whole or as a stream. Errors found when the request
