@@ -124,8 +124,17 @@ impl Transformer {
                 Some((dtype, _)) if QWeight::handles(dtype, device) => {}
                 _ => return Ok(None),
             }
-            let mut bytes = scratch.borrow_mut();
-            let (dtype, dims) = gguf.tensor_bytes_into(name, &mut bytes)?;
+            // The embedding table (tens to hundreds of MB, read first) gets a buffer of its
+            // own, freed once it is regrouped, so the shared one stays layer-sized and
+            // peak memory stays the model plus one layer's weight.
+            let mut own_buffer = Vec::new();
+            let mut shared = scratch.borrow_mut();
+            let bytes = if name == "token_embd.weight" || name == "output.weight" {
+                &mut own_buffer
+            } else {
+                &mut *shared
+            };
+            let (dtype, dims) = gguf.tensor_bytes_into(name, bytes)?;
             if dims != [rows, cols] {
                 return Err(Error::CorruptGguf {
                     path: gguf.path().to_path_buf(),
@@ -135,7 +144,7 @@ impl Transformer {
                     ),
                 });
             }
-            QWeight::from_bytes(dtype, &bytes, rows, cols)
+            QWeight::from_bytes(dtype, bytes, rows, cols)
                 .map(Some)
                 .ok_or_else(|| Error::CorruptGguf {
                     path: gguf.path().to_path_buf(),
