@@ -14,6 +14,12 @@ use crate::engine::gguf::GgufFile;
 use crate::engine::kv_cache::KvCache;
 use crate::engine::quant::{Linear, QWeight, SharedInput};
 
+thread_local! {
+    /// The buffer a loading thread reads each weight's stored bytes into before
+    /// regrouping them (see [`Transformer::load`]).
+    static LOAD_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -116,40 +122,40 @@ impl Transformer {
             }
             Ok(t)
         };
-        // Weights pathos multiplies itself are read into one reused buffer and regrouped
-        // from there: no intermediate candle tensor, no fresh pages per tensor.
-        let scratch = std::cell::RefCell::new(Vec::new());
+        // Weights pathos multiplies itself are read into a reused buffer (one per loading
+        // thread) and regrouped from there: no intermediate candle tensor, no fresh pages
+        // per tensor.
         let own = |name: &str, rows: usize, cols: usize| -> Result<Option<QWeight>> {
             match gguf.tensor_info(name) {
                 Some((dtype, _)) if QWeight::handles(dtype, device) => {}
                 _ => return Ok(None),
             }
-            // The embedding table (tens to hundreds of MB, read first) gets a buffer of its
-            // own, freed once it is regrouped, so the shared one stays layer-sized and
-            // peak memory stays the model plus one layer's weight.
-            let mut own_buffer = Vec::new();
-            let mut shared = scratch.borrow_mut();
-            let bytes = if name == "token_embd.weight" || name == "output.weight" {
-                &mut own_buffer
-            } else {
-                &mut *shared
+            let read = |bytes: &mut Vec<u8>| -> Result<Option<QWeight>> {
+                let (dtype, dims) = gguf.tensor_bytes_into(name, bytes)?;
+                if dims != [rows, cols] {
+                    return Err(Error::CorruptGguf {
+                        path: gguf.path().to_path_buf(),
+                        detail: format!(
+                            "tensor `{name}` is {dims:?}, the metadata implies {:?}",
+                            [rows, cols]
+                        ),
+                    });
+                }
+                QWeight::from_bytes(dtype, bytes, rows, cols)
+                    .map(Some)
+                    .ok_or_else(|| Error::CorruptGguf {
+                        path: gguf.path().to_path_buf(),
+                        detail: format!("tensor `{name}` has the wrong size for its type"),
+                    })
             };
-            let (dtype, dims) = gguf.tensor_bytes_into(name, bytes)?;
-            if dims != [rows, cols] {
-                return Err(Error::CorruptGguf {
-                    path: gguf.path().to_path_buf(),
-                    detail: format!(
-                        "tensor `{name}` is {dims:?}, the metadata implies {:?}",
-                        [rows, cols]
-                    ),
-                });
+            // The embedding table (tens to hundreds of MB, read first) gets a buffer of
+            // its own, freed once it is regrouped, so the shared one stays layer-sized and
+            // peak memory stays the model plus a layer's weight per loading thread.
+            if name == "token_embd.weight" || name == "output.weight" {
+                read(&mut Vec::new())
+            } else {
+                LOAD_BUFFER.with_borrow_mut(read)
             }
-            QWeight::from_bytes(dtype, bytes, rows, cols)
-                .map(Some)
-                .ok_or_else(|| Error::CorruptGguf {
-                    path: gguf.path().to_path_buf(),
-                    detail: format!("tensor `{name}` has the wrong size for its type"),
-                })
         };
         let mm = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
             match own(name, rows, cols)? {
@@ -214,17 +220,20 @@ impl Transformer {
             }
         };
         let mut thetas: Vec<f32> = Vec::new();
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for (i, la) in cfg.layers.iter().enumerate() {
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let rope = match thetas.iter().position(|t| *t == la.rope_theta) {
+        let ropes: Vec<usize> = cfg
+            .layers
+            .iter()
+            .map(|la| match thetas.iter().position(|t| *t == la.rope_theta) {
                 Some(r) => r,
                 None => {
                     thetas.push(la.rope_theta);
                     thetas.len() - 1
                 }
-            };
-            layers.push(Layer {
+            })
+            .collect();
+        let layer = |i: usize| -> Result<Layer> {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            Ok(Layer {
                 attn_norm: dense(&p("attn_norm.weight"), n_embd)?,
                 wq: mm(&p("attn_q.weight"), q_rows, n_embd)?,
                 wk: mm(&p("attn_k.weight"), kv_rows, n_embd)?,
@@ -241,10 +250,24 @@ impl Transformer {
                 w_up: mm(&p("ffn_up.weight"), n_ff, n_embd)?,
                 w_down: mm(&p("ffn_down.weight"), n_embd, n_ff)?,
                 post_ffn_norm: opt_dense(&p("post_ffw_norm.weight"), n_embd)?,
-                rope,
-                sliding_window: la.sliding_window,
-            });
-        }
+                rope: ropes[i],
+                sliding_window: cfg.layers[i].sliding_window,
+            })
+        };
+        // Regrouping the weights is CPU work proportional to the model: two threads take
+        // half the layers each (start-up time is a target; the tokenizer is built on a
+        // third thread meanwhile).
+        let split = cfg.n_layer / 2;
+        let layers = std::thread::scope(|s| -> Result<Vec<Layer>> {
+            let back = s.spawn(|| (split..cfg.n_layer).map(layer).collect::<Result<Vec<_>>>());
+            let front = (0..split).map(layer).collect::<Result<Vec<_>>>();
+            let back = back.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let mut layers = front?;
+            layers.extend(back?);
+            Ok(layers)
+        });
+        LOAD_BUFFER.with_borrow_mut(|b| *b = Vec::new());
+        let layers = layers?;
         let n_pos = max_positions.min(cfg.context_length).max(1);
         let rope_tables = thetas
             .iter()

@@ -234,7 +234,7 @@ impl Interleaved for Q6Kx8 {
 fn group_rows<G: Interleaved>(
     n: usize,
     kb: usize,
-    block: impl Fn(usize, usize) -> G::Block,
+    block: impl Fn(usize, usize) -> G::Block + Sync,
 ) -> Vec<G> {
     let groups = n.div_ceil(ROWS);
     let mut out: Vec<G> = Vec::with_capacity(groups * kb);
@@ -242,8 +242,9 @@ fn group_rows<G: Interleaved>(
         out.as_mut_ptr() as *mut u8,
         groups * kb * std::mem::size_of::<G>(),
     );
-    for g in 0..groups {
-        for b in 0..kb {
+    let fill = |first: usize, dst: &mut [std::mem::MaybeUninit<G>]| {
+        for (i, slot) in dst.iter_mut().enumerate() {
+            let (g, b) = (first + i / kb, i % kb);
             let rows = std::array::from_fn(|r| {
                 let row = g * ROWS + r;
                 if row < n {
@@ -252,9 +253,25 @@ fn group_rows<G: Interleaved>(
                     <G::Block as WeightBlock>::ZERO
                 }
             });
-            out.push(G::pack(&rows));
+            slot.write(G::pack(&rows));
         }
+    };
+    let spare = &mut out.spare_capacity_mut()[..groups * kb];
+    // Large tables (an embedding of tens of MB) are regrouped by two threads: start-up
+    // time is a target, and this is most of it for a model with a large vocabulary.
+    if groups * kb * std::mem::size_of::<G>() >= 8 << 20 {
+        let half = groups / 2;
+        let (front, back) = spare.split_at_mut(half * kb);
+        std::thread::scope(|s| {
+            s.spawn(|| fill(half, back));
+            fill(0, front);
+        });
+    } else {
+        fill(0, spare);
     }
+    // SAFETY: `fill` wrote every one of the first `groups * kb` slots (the two halves
+    // cover them), and `out` has that capacity.
+    unsafe { out.set_len(groups * kb) };
     out
 }
 
@@ -275,7 +292,10 @@ pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<
 }
 
 /// Groups a matrix already split into blocks (`blocks`: `n` rows × `kb`, row order).
-pub fn pack_blocks<G: Interleaved>(blocks: &[G::Block], n: usize, kb: usize) -> Vec<G> {
+pub fn pack_blocks<G: Interleaved>(blocks: &[G::Block], n: usize, kb: usize) -> Vec<G>
+where
+    G::Block: Sync,
+{
     debug_assert_eq!(blocks.len(), n * kb);
     group_rows(n, kb, |row, b| blocks[row * kb + b])
 }
