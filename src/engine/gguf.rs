@@ -313,8 +313,33 @@ impl GgufFile {
             });
         }
         rewind(&mut reader)?;
-        let mut cursor = reader;
-        let content = Content::read(&mut cursor).map_err(|e| {
+        // candle's reader asks the stream for its position around every string, a
+        // system call per vocabulary entry on a file (a third of start-up for SmolLM2),
+        // so the header is parsed from memory: the first 4 MiB, then 64 MiB, hold the
+        // headers of ordinary vocabularies; a longer one is parsed from the file.
+        let mut parsed = None;
+        for size in [4u64 << 20, 64 << 20] {
+            let size = size.min(len);
+            let mut head = vec![0u8; size as usize];
+            if read_exact_at(&file, &mut head, 0).is_err() {
+                break;
+            }
+            match Content::read(&mut std::io::Cursor::new(&head)) {
+                Err(_) if size < len => continue,
+                done => {
+                    parsed = Some(done);
+                    break;
+                }
+            }
+        }
+        let parsed = match parsed {
+            Some(done) => done,
+            None => {
+                rewind(&mut reader)?;
+                Content::read(&mut reader)
+            }
+        };
+        let content = parsed.map_err(|e| {
             let msg = e.to_string();
             if msg.contains("unknown dtype") {
                 let (tensor, id) = find_unsupported_tensor(&file).unwrap_or(("?".into(), 0));
