@@ -27,26 +27,25 @@ pub trait Interleaved: Copy + Send + Sync + 'static {
     fn block(&self, r: usize) -> Self::Block;
 }
 
-/// Packs 4-bit blocks' nibbles: byte `j` of a block holds element `j` (low nibble) and
-/// element `j + 16` (high nibble); packed byte `32p + 4r + k` holds row `r`'s byte
-/// `4p + k`, so the low nibbles of packed vector `p` are elements `4p..4p + 4` and the
-/// high nibbles elements `16 + 4p..`, i.e. vector `p + 4`.
-fn pack_nibbles(rows: [&[u8; 16]; ROWS]) -> [u8; 128] {
-    let mut qs = [0u8; 128];
-    for p in 0..4 {
+/// Interleaves eight rows of `N` bytes in four-byte runs: byte `32i + 4r + k` of the
+/// result is row `r`'s byte `4i + k` (`M = 8N`). For the byte types that is vector `i`'s
+/// layout directly; for 4-bit blocks, whose byte `j` holds element `j` (low nibble) and
+/// `j + 16` (high nibble), the low nibbles of packed vector `p` are elements `4p..4p + 4`
+/// and the high nibbles elements `16 + 4p..`, i.e. vector `p + 4`.
+fn interleave<T: Copy + Default, const N: usize, const M: usize>(rows: [&[T; N]; ROWS]) -> [T; M] {
+    debug_assert_eq!(M, N * ROWS);
+    let mut out = [T::default(); M];
+    for i in 0..N / 4 {
         for (r, row) in rows.iter().enumerate() {
-            qs[p * 32 + r * 4..p * 32 + r * 4 + 4].copy_from_slice(&row[4 * p..4 * p + 4]);
+            out[i * 32 + r * 4..i * 32 + r * 4 + 4].copy_from_slice(&row[4 * i..4 * i + 4]);
         }
     }
-    qs
+    out
 }
 
-fn unpack_nibbles(qs: &[u8; 128], r: usize) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = qs[(j / 4) * 32 + r * 4 + j % 4];
-    }
-    out
+/// Row `r` of an [`interleave`]d array.
+fn deinterleave<T: Copy + Default, const N: usize, const M: usize>(q: &[T; M], r: usize) -> [T; N] {
+    std::array::from_fn(|j| q[(j / 4) * 32 + r * 4 + j % 4])
 }
 
 /// Eight [`BlockQ4_0`]s.
@@ -88,14 +87,14 @@ impl Interleaved for Q4_0x8 {
     type Block = BlockQ4_0;
     fn pack(rows: &[BlockQ4_0; ROWS]) -> Self {
         Self {
-            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            qs: interleave(std::array::from_fn(|r| &rows[r].qs)),
             d: rows.map(|b| b.d),
         }
     }
     fn block(&self, r: usize) -> BlockQ4_0 {
         BlockQ4_0 {
             d: self.d[r],
-            qs: unpack_nibbles(&self.qs, r),
+            qs: deinterleave(&self.qs, r),
         }
     }
 }
@@ -104,7 +103,7 @@ impl Interleaved for Q4_1x8 {
     type Block = BlockQ4_1;
     fn pack(rows: &[BlockQ4_1; ROWS]) -> Self {
         Self {
-            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            qs: interleave(std::array::from_fn(|r| &rows[r].qs)),
             d: rows.map(|b| b.d),
             m: rows.map(|b| b.m),
         }
@@ -113,7 +112,7 @@ impl Interleaved for Q4_1x8 {
         BlockQ4_1 {
             d: self.d[r],
             m: self.m[r],
-            qs: unpack_nibbles(&self.qs, r),
+            qs: deinterleave(&self.qs, r),
         }
     }
 }
@@ -129,7 +128,7 @@ impl Interleaved for Q5_0x8 {
             }
         }
         Self {
-            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            qs: interleave(std::array::from_fn(|r| &rows[r].qs)),
             qh,
             d: rows.map(|b| b.d),
         }
@@ -142,7 +141,7 @@ impl Interleaved for Q5_0x8 {
         BlockQ5_0 {
             d: self.d[r],
             qh: bits.to_le_bytes(),
-            qs: unpack_nibbles(&self.qs, r),
+            qs: deinterleave(&self.qs, r),
         }
     }
 }
@@ -150,23 +149,16 @@ impl Interleaved for Q5_0x8 {
 impl Interleaved for Q8_0x8 {
     type Block = BlockQ8_0;
     fn pack(rows: &[BlockQ8_0; ROWS]) -> Self {
-        let mut qs = [0i8; 256];
-        for i in 0..8 {
-            for (r, row) in rows.iter().enumerate() {
-                qs[i * 32 + r * 4..i * 32 + r * 4 + 4].copy_from_slice(&row.qs[4 * i..4 * i + 4]);
-            }
-        }
         Self {
-            qs,
+            qs: interleave(std::array::from_fn(|r| &rows[r].qs)),
             d: rows.map(|b| b.d),
         }
     }
     fn block(&self, r: usize) -> BlockQ8_0 {
-        let mut qs = [0i8; 32];
-        for (j, q) in qs.iter_mut().enumerate() {
-            *q = self.qs[(j / 4) * 32 + r * 4 + j % 4];
+        BlockQ8_0 {
+            d: self.d[r],
+            qs: deinterleave(&self.qs, r),
         }
-        BlockQ8_0 { d: self.d[r], qs }
     }
 }
 
@@ -192,7 +184,7 @@ impl Interleaved for Q4Kx8 {
     type Block = BlockQ4K32;
     fn pack(rows: &[BlockQ4K32; ROWS]) -> Self {
         Self {
-            qs: pack_nibbles(std::array::from_fn(|r| &rows[r].qs)),
+            qs: interleave(std::array::from_fn(|r| &rows[r].qs)),
             d: rows.map(|b| b.d),
             m: rows.map(|b| b.m),
         }
@@ -201,7 +193,7 @@ impl Interleaved for Q4Kx8 {
         BlockQ4K32 {
             d: self.d[r],
             m: self.m[r],
-            qs: unpack_nibbles(&self.qs, r),
+            qs: deinterleave(&self.qs, r),
         }
     }
 }
@@ -209,21 +201,15 @@ impl Interleaved for Q4Kx8 {
 impl Interleaved for Q6Kx8 {
     type Block = BlockQ6K32;
     fn pack(rows: &[BlockQ6K32; ROWS]) -> Self {
-        let mut q = [0u8; 256];
-        for i in 0..8 {
-            for (r, row) in rows.iter().enumerate() {
-                q[i * 32 + r * 4..i * 32 + r * 4 + 4].copy_from_slice(&row.q[4 * i..4 * i + 4]);
-            }
-        }
         Self {
-            q,
+            q: interleave(std::array::from_fn(|r| &rows[r].q)),
             d: [rows.map(|b| b.d[0]), rows.map(|b| b.d[1])],
         }
     }
     fn block(&self, r: usize) -> BlockQ6K32 {
         BlockQ6K32 {
             d: [self.d[0][r], self.d[1][r]],
-            q: std::array::from_fn(|j| self.q[(j / 4) * 32 + r * 4 + j % 4]),
+            q: deinterleave(&self.q, r),
         }
     }
 }
