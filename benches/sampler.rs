@@ -1,7 +1,7 @@
 //! Criterion benches of the hot path: the sampler over real vocabulary sizes, and one
 //! decode step of the default model.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use pathos::engine::arch::transformer::Logits;
 use pathos::engine::model::{LoadOptions, Model};
 use pathos::engine::registry::{Manifest, resolve_model};
@@ -22,12 +22,14 @@ fn sampler(c: &mut Criterion) {
         let base = logits(vocab);
         let history: Vec<u32> = (0..64).collect();
         let mut greedy = Sampler::new(SamplingParams::greedy()).unwrap();
-        let mut buf = base.clone();
         c.bench_function(&format!("sample greedy {vocab}"), |b| {
-            b.iter(|| {
-                buf.copy_from_slice(&base);
-                greedy.sample(&mut buf, &history)
-            })
+            // A fresh copy of the logits per call (the sampler edits them), made
+            // outside the timed part.
+            b.iter_batched_ref(
+                || base.clone(),
+                |buf| greedy.sample(buf, &history),
+                BatchSize::LargeInput,
+            )
         });
         let mut default = Sampler::new(SamplingParams {
             repeat_penalty: 1.1,
@@ -35,10 +37,11 @@ fn sampler(c: &mut Criterion) {
         })
         .unwrap();
         c.bench_function(&format!("sample top-k/top-p/min-p {vocab}"), |b| {
-            b.iter(|| {
-                buf.copy_from_slice(&base);
-                default.sample(&mut buf, &history)
-            })
+            b.iter_batched_ref(
+                || base.clone(),
+                |buf| default.sample(buf, &history),
+                BatchSize::LargeInput,
+            )
         });
     }
 }

@@ -84,6 +84,8 @@ pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
     candidates: Vec<(u32, f32)>,
+    /// A strided sample of the logits, for estimating the top-k cut-off.
+    sample: Vec<f32>,
 }
 
 impl Sampler {
@@ -94,6 +96,7 @@ impl Sampler {
             rng: StdRng::seed_from_u64(params.seed),
             params,
             candidates: Vec::new(),
+            sample: Vec::new(),
         })
     }
 
@@ -123,8 +126,11 @@ impl Sampler {
         }
         let c = &mut self.candidates;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        match p.top_k.filter(|&k| k < logits.len()) {
+            Some(k) => top_k_into(logits, k, &mut self.sample, c),
+            None => c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l))),
+        }
         if let Some(k) = p.top_k.filter(|&k| k < c.len()) {
             c.select_nth_unstable_by(k, by_logit);
             c.truncate(k);
@@ -173,15 +179,89 @@ impl Sampler {
 
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_v {
-            best_v = v;
-            best = i;
+    let best = max_value(logits);
+    // Blocks of 64 are tested without early exit (vectorised), then searched.
+    let mut base = 0;
+    for block in logits.chunks(64) {
+        if block.iter().fold(false, |hit, &v| hit | (v == best)) {
+            let at = block.iter().position(|&v| v == best).unwrap_or_default();
+            return (base + at) as u32;
+        }
+        base += block.len();
+    }
+    0
+}
+
+/// The largest value, NaNs ignored (`-inf` when there is none). Eight independent lanes,
+/// so the compiler keeps them in one vector register: a vocabulary of 262k logits is
+/// read at memory speed instead of one dependent comparison per value.
+fn max_value(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    best as u32
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Puts into `out` a superset of the `k` largest logits (with their ids) that is
+/// usually a few hundred entries, not the whole vocabulary, so the caller's selection
+/// runs over those. The cut-off is estimated from an evenly strided sample of about a
+/// thousand logits (the value that about `4k` of the vocabulary should exceed) and
+/// checked with one counting pass; when fewer than `k` pass, cut-offs at fixed
+/// distances below the maximum are tried. The set holds every logit at least as large
+/// as its smallest member, so selecting the top `k` from it picks exactly what a
+/// selection over the whole vocabulary would, ties included.
+fn top_k_into(logits: &[f32], k: usize, sample: &mut Vec<f32>, out: &mut Vec<(u32, f32)>) {
+    let n = logits.len();
+    let count_from = |floor: f32| logits.iter().filter(|&&v| v >= floor).count();
+    let stride = (n / 1024).max(1);
+    sample.clear();
+    sample.extend(
+        logits
+            .iter()
+            .step_by(stride)
+            .copied()
+            .filter(|v| !v.is_nan()),
+    );
+    let rank = (4 * k * sample.len()).div_ceil(n);
+    let estimate = (rank < sample.len())
+        .then(|| *sample.select_nth_unstable_by(rank, |a, b| b.total_cmp(a)).1)
+        .filter(|&floor| floor.is_finite() && count_from(floor) >= k);
+    let floor = estimate.or_else(|| {
+        let max = max_value(logits);
+        [1f32, 4.0, 16.0, 64.0, 256.0]
+            .into_iter()
+            .map(|delta| max - delta)
+            .take_while(|floor| floor.is_finite())
+            .find(|&floor| count_from(floor) >= k)
+    });
+    match floor {
+        Some(floor) => {
+            // Blocks of 64 are tested without branches (vectorised); few hold a member.
+            for (b, block) in logits.chunks(64).enumerate() {
+                if block.iter().fold(false, |hit, &v| hit | (v >= floor)) {
+                    let base = b * 64;
+                    out.extend(
+                        block
+                            .iter()
+                            .enumerate()
+                            .filter(|&(_, &v)| v >= floor)
+                            .map(|(i, &v)| ((base + i) as u32, v)),
+                    );
+                }
+            }
+        }
+        // Fewer than k finite logits near the top (a constraint masked the rest, or the
+        // values are not finite): every value is a candidate.
+        None => out.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l))),
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +320,57 @@ mod tests {
         assert_eq!(a, draw(&params));
         assert!(a.iter().all(|t| [1, 4, 2].contains(t)), "{a:?}");
         assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1);
+    }
+
+    #[test]
+    fn top_k_candidates_select_what_the_whole_vocabulary_would() {
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let mut x = 7u32;
+        for case in 0..200 {
+            let n = 1 + case * 37 % 3000;
+            // Coarse values make ties at the cut-off common; some cases are spread wide,
+            // some have masked (-inf) entries.
+            let spread = [0.5f32, 8.0, 600.0][case % 3];
+            let logits: Vec<f32> = (0..n)
+                .map(|i| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    if case % 5 == 0 && i % 3 != 0 {
+                        return f32::NEG_INFINITY;
+                    }
+                    ((x >> 20) as f32 / 4096.0 * spread * 8.0).round() / 8.0
+                })
+                .collect();
+            for k in [1usize, 3, 40, n.saturating_sub(1).max(1)] {
+                if k >= n {
+                    continue;
+                }
+                let mut got = Vec::new();
+                top_k_into(&logits, k, &mut Vec::new(), &mut got);
+                if k < got.len() {
+                    got.select_nth_unstable_by(k, by_logit);
+                    got.truncate(k);
+                }
+                got.sort_unstable_by(by_logit);
+                let mut want: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as u32, v))
+                    .collect();
+                want.sort_unstable_by(by_logit);
+                want.truncate(k);
+                assert_eq!(got, want, "case {case}, n {n}, k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima_and_skips_nan() {
+        let mut v = vec![0.0f32; 37];
+        v[3] = f32::NAN;
+        v[20] = 2.0;
+        v[33] = 2.0;
+        assert_eq!(argmax(&v), 20);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
     }
 
     #[test]
