@@ -72,9 +72,11 @@ fn main() {
     let mut one = model.new_session().unwrap();
     tf.forward(&[1, 2, 3, 4], one.cache_mut(), Logits::Last)
         .unwrap();
-    // Warm-up, then count.
-    let step = |cache: &mut KvCache| {
-        tf.forward(&[28], cache, Logits::Last).unwrap();
+    // Warm-up, then count. The decode step's form: logits into a kept buffer.
+    let mut logits = Vec::new();
+    let mut step = |cache: &mut KvCache| {
+        tf.forward_batch_into(&mut [(&[28u32][..], cache)], &mut logits)
+            .unwrap();
     };
     for _ in 0..4 {
         step(one.cache_mut());
@@ -86,13 +88,18 @@ fn main() {
     );
     let mut four: Vec<_> = (0..4).map(|_| model.new_session().unwrap()).collect();
     let tokens = [[5u32], [6], [7], [8]];
+    let mut logits = Vec::new();
     let mut step4 = || {
-        let mut batch: Vec<(&[u32], &mut KvCache)> = tokens
-            .iter()
-            .zip(four.iter_mut())
-            .map(|(t, s)| (t.as_slice(), s.cache_mut()))
-            .collect();
-        tf.forward_batch(&mut batch).unwrap();
+        let [a, b, c, d] = four.as_mut_slice() else {
+            unreachable!("four sessions")
+        };
+        let mut batch: [(&[u32], &mut KvCache); 4] = [
+            (&tokens[0], a.cache_mut()),
+            (&tokens[1], b.cache_mut()),
+            (&tokens[2], c.cache_mut()),
+            (&tokens[3], d.cache_mut()),
+        ];
+        tf.forward_batch_into(&mut batch, &mut logits).unwrap();
     };
     for _ in 0..4 {
         step4();

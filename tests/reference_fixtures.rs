@@ -51,6 +51,17 @@ fn token_ids_match_llama_cpp() {
 /// (one sigma), and this bound is three of those.
 const NEAR_TIE: f64 = 0.75;
 
+/// How far one logit of the token llama.cpp chose may sit from llama.cpp's, and how far
+/// they may sit on average (root mean square over every step of a model's cases).
+/// Measured over the 80 steps of each model: differences have a mean of ~0 and a
+/// standard deviation of 0.09-0.28 (SmolLM2 0.20-0.22, Gemma 3 0.28, Qwen2.5 0.09-0.10)
+/// whether the candle-tensor forward pass, the host-memory one or the portable kernels
+/// compute them, with single steps out to 1.0-1.17: the tails of the same noise. A wrong
+/// operation (a missing norm, a misplaced RoPE, a bad kernel) moves logits by several
+/// units at most steps, which both bounds catch.
+const STEP_LIMIT: f64 = 1.5;
+const RMS_LIMIT: f64 = 0.4;
+
 /// Teacher-forced comparison: feed llama.cpp's own continuation and check, at every step,
 /// that pathos's logits agree with llama.cpp's and that pathos picks the same token
 /// wherever llama.cpp's choice was not a near-tie.
@@ -61,6 +72,7 @@ fn logits_agree_with_llama_cpp_step_by_step() {
         let f = fixture(&format!("greedy/{name}.json"));
         let m = model(name);
         let mut worst = 0f64;
+        let (mut square_sum, mut steps) = (0f64, 0usize);
         for c in f["cases"].as_array().unwrap() {
             let prompt = c["prompt"].as_str().unwrap();
             let ids: Vec<u32> = serde_json::from_value(c["prompt_ids"].clone()).unwrap();
@@ -86,7 +98,9 @@ fn logits_agree_with_llama_cpp_step_by_step() {
                 let ours = argmax(&logits);
                 let diff = (f64::from(logits[tok as usize]) - best[step]).abs();
                 worst = worst.max(diff);
-                if diff > 1.0 {
+                square_sum += diff * diff;
+                steps += 1;
+                if diff > STEP_LIMIT {
                     problems.push(format!(
                         "{name} {prompt:?} step {step}: logit of {tok} is {} here, {} in llama.cpp",
                         logits[tok as usize], best[step]
@@ -98,7 +112,13 @@ fn logits_agree_with_llama_cpp_step_by_step() {
                 input = vec![tok];
             }
         }
-        eprintln!("{name}: largest logit difference from llama.cpp {worst:.3}");
+        let rms = (square_sum / steps.max(1) as f64).sqrt();
+        eprintln!("{name}: logit difference from llama.cpp: largest {worst:.3}, rms {rms:.3}");
+        if rms > RMS_LIMIT {
+            problems.push(format!(
+                "{name}: logits differ from llama.cpp by {rms:.3} rms over {steps} steps"
+            ));
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

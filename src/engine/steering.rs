@@ -16,6 +16,8 @@ use super::error::{Error, Result};
 /// output of that layer, as llama.cpp's `direction.N` is).
 pub struct Steering {
     layers: Vec<Option<Tensor>>,
+    /// The same vectors as plain values, for the CPU forward pass.
+    host: Vec<Option<Vec<f32>>>,
     key: u64,
 }
 
@@ -78,11 +80,16 @@ impl Steering {
             }
         }
         let layers = sums
-            .into_iter()
-            .map(|s| s.map(|v| Tensor::from_vec(v, n_embd, device)).transpose())
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|v| Tensor::from_slice(v, n_embd, device))
+                    .transpose()
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Some(Self {
             layers,
+            host: sums,
             key: h.finish(),
         }))
     }
@@ -90,6 +97,11 @@ impl Steering {
     /// What to add after layer `layer`, if anything.
     pub fn at(&self, layer: usize) -> Option<&Tensor> {
         self.layers.get(layer).and_then(Option::as_ref)
+    }
+
+    /// What to add after layer `layer`, as plain values (`[n_embd]`).
+    pub fn at_host(&self, layer: usize) -> Option<&[f32]> {
+        self.host.get(layer).and_then(Option::as_deref)
     }
 
     /// Whether two steerings add the same vectors (then caches filled under one serve

@@ -58,13 +58,18 @@ impl RopeTable<'_> {
     }
 }
 
-/// One sequence's part of a batch: its rows of the batch (`first`, `t` of them, at
-/// positions `pos..pos + t`) and its cache of this layer, `[n_head_kv, capacity,
-/// head_dim]` for keys and for values, already holding positions `..pos + t`.
-pub struct SeqKv<'a> {
+/// One sequence's rows of a batch: `t` rows from row `first`, at positions
+/// `pos..pos + t`. Sequences follow one another (`first` is the sum of the earlier `t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
     pub first: usize,
     pub t: usize,
     pub pos: usize,
+}
+
+/// One sequence's cache of one layer, `[n_head_kv, capacity, head_dim]` for keys and
+/// for values, already holding the positions its new rows attend to.
+pub struct KvView<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
     pub capacity: usize,
@@ -86,8 +91,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out[rows, n_head * head_dim]` = softmax(scale · q·Kᵀ) · V for every row of `q`
-/// (`[rows, n_head * head_dim]`, already rotated), each over its own sequence's cache.
-pub fn attend(heads: Heads, q: &[f32], seqs: &[SeqKv<'_>], out: &mut [f32]) {
+/// (`[rows, n_head * head_dim]`, already rotated), each over its own sequence's cache:
+/// `kv(i)` is the cache of the sequence of `spans[i]`. Allocates nothing once each
+/// worker's score buffer has grown to the longest sequence.
+pub fn attend<'a>(
+    heads: Heads,
+    q: &[f32],
+    spans: &[Span],
+    kv: &(dyn Fn(usize) -> KvView<'a> + Sync),
+    out: &mut [f32],
+) {
     let Heads {
         n_head,
         n_head_kv,
@@ -97,13 +110,8 @@ pub fn attend(heads: Heads, q: &[f32], seqs: &[SeqKv<'_>], out: &mut [f32]) {
     } = heads;
     let rep = n_head / n_head_kv;
     let width = n_head * d;
-    // Units: (sequence, query row, kv head), in that order.
-    let mut starts = Vec::with_capacity(seqs.len() + 1);
-    let mut total = 0;
-    for s in seqs {
-        starts.push(total);
-        total += s.t * n_head_kv;
-    }
+    // Units: (row, kv head), rows in sequence order.
+    let total = spans.last().map_or(0, |s| (s.first + s.t) * n_head_kv);
     let out_addr = out.as_mut_ptr() as usize;
     let out_len = out.len();
     let work = |units: std::ops::Range<usize>| {
@@ -113,19 +121,19 @@ pub fn attend(heads: Heads, q: &[f32], seqs: &[SeqKv<'_>], out: &mut [f32]) {
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
             for u in units {
-                let si = starts.partition_point(|&s| s <= u) - 1;
-                let s = &seqs[si];
-                let local = u - starts[si];
-                let (i, g) = (local / n_head_kv, local % n_head_kv);
+                let (row, g) = (u / n_head_kv, u % n_head_kv);
+                let si = spans.partition_point(|s| s.first <= row) - 1;
+                let s = spans[si];
+                let cache = kv(si);
+                let i = row - s.first;
                 let p = s.pos + i;
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let n = p + 1 - lo;
                 if scores.len() < n {
                     scores.resize(n, 0.0);
                 }
-                let keys = &s.k[g * s.capacity * d..];
-                let values = &s.v[g * s.capacity * d..];
-                let row = s.first + i;
+                let keys = &cache.k[g * cache.capacity * d..];
+                let values = &cache.v[g * cache.capacity * d..];
                 for r in 0..rep {
                     let h = g * rep + r;
                     let qh = &q[row * width + h * d..row * width + (h + 1) * d];
@@ -214,27 +222,26 @@ mod tests {
             let k = values(n_kv * cap * d, 1);
             let v = values(n_kv * cap * d, 2);
             // Two sequences sharing the cache contents: 3 new rows at 5.., 1 row at 9.
-            let seqs = [
-                SeqKv {
+            let spans = [
+                Span {
                     first: 0,
                     t: 3,
                     pos: 5,
-                    k: &k,
-                    v: &v,
-                    capacity: cap,
                 },
-                SeqKv {
+                Span {
                     first: 3,
                     t: 1,
                     pos: 9,
-                    k: &k,
-                    v: &v,
-                    capacity: cap,
                 },
             ];
+            let kv = |_: usize| KvView {
+                k: &k,
+                v: &v,
+                capacity: cap,
+            };
             let q = values(4 * n_head * d, 3);
             let mut out = vec![f32::NAN; 4 * n_head * d];
-            attend(heads, &q, &seqs, &mut out);
+            attend(heads, &q, &spans, &kv, &mut out);
             for (row, p) in [(0, 5), (1, 6), (2, 7), (3, 9)] {
                 let lo = window.map_or(0, |w: usize| (p + 1usize).saturating_sub(w));
                 for h in 0..n_head {

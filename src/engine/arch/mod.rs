@@ -4,6 +4,7 @@
 
 mod gemma3;
 mod host_attention;
+mod host_ops;
 mod llama;
 mod qwen2;
 pub mod transformer;

@@ -7,17 +7,20 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::host_attention::{Heads, RopeTable, SeqKv, attend};
+use super::host_attention::{Heads, KvView, RopeTable, Span, attend};
+use super::host_ops::{self, Scratch, Widths};
 use super::{Activation, ArchConfig, RopeStyle};
 use crate::engine::error::{Error, Result};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv_cache::KvCache;
-use crate::engine::quant::{Linear, QWeight, SharedInput};
+use crate::engine::quant::{HostInput, Linear, QWeight, SharedInput};
 
 thread_local! {
     /// The buffer a loading thread reads each weight's stored bytes into before
     /// regrouping them (see [`Transformer::load`]).
     static LOAD_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The buffers of the CPU forward pass on this thread, kept between decode steps.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Which positions' logits a forward pass returns.
@@ -49,6 +52,56 @@ struct Layer {
     /// Index into [`Transformer::rope_tables`].
     rope: usize,
     sliding_window: Option<usize>,
+    /// The norm weights and biases as plain values, for the CPU forward pass.
+    host: HostVectors,
+}
+
+/// A layer's vectors (norm weights, biases) in host memory; empty off the CPU.
+struct HostVectors {
+    attn_norm: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// The values of a vector tensor, when it lives on the CPU (the host forward pass reads
+/// them); nothing otherwise.
+fn host_values(t: &Tensor) -> Result<Vec<f32>> {
+    if t.device().is_cpu() {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+impl HostVectors {
+    fn of(
+        attn_norm: &Tensor,
+        biases: [&Option<Tensor>; 3],
+        q_norm: &Option<Tensor>,
+        k_norm: &Option<Tensor>,
+        post_attn_norm: &Option<Tensor>,
+        ffn_norm: &Tensor,
+        post_ffn_norm: &Option<Tensor>,
+    ) -> Result<Self> {
+        let opt = |t: &Option<Tensor>| t.as_ref().map(host_values).transpose();
+        Ok(Self {
+            attn_norm: host_values(attn_norm)?,
+            bq: opt(biases[0])?,
+            bk: opt(biases[1])?,
+            bv: opt(biases[2])?,
+            q_norm: opt(q_norm)?,
+            k_norm: opt(k_norm)?,
+            post_attn_norm: opt(post_attn_norm)?,
+            ffn_norm: host_values(ffn_norm)?,
+            post_ffn_norm: opt(post_ffn_norm)?,
+        })
+    }
 }
 
 /// Weights and precomputed tables of one model.
@@ -60,10 +113,24 @@ pub struct Transformer {
     vocab: usize,
     layers: Vec<Layer>,
     out_norm: Tensor,
+    out_norm_host: Vec<f32>,
     output: Linear,
     /// One per distinct RoPE base, `[context_length, head_dim / 2]`.
     rope_tables: Vec<RopeTables>,
     device: Device,
+}
+
+/// Runs `f` with this thread's kept forward-pass buffers when a pass of `rows` rows may
+/// keep them ([`Scratch::keeps`]), with fresh ones otherwise (or when the kept ones are
+/// in use further up this thread's stack).
+fn with_scratch<R>(rows: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    if !Scratch::keeps(rows) {
+        return f(&mut Scratch::default());
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
 }
 
 fn rope_table(theta: f32, head_dim: usize, n_pos: usize, device: &Device) -> Result<RopeTables> {
@@ -233,25 +300,44 @@ impl Transformer {
             .collect();
         let layer = |i: usize| -> Result<Layer> {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let attn_norm = dense(&p("attn_norm.weight"), n_embd)?;
+            let bq = opt_dense(&p("attn_q.bias"), q_rows)?;
+            let bk = opt_dense(&p("attn_k.bias"), kv_rows)?;
+            let bv = opt_dense(&p("attn_v.bias"), kv_rows)?;
+            let q_norm = opt_dense(&p("attn_q_norm.weight"), head_dim)?;
+            let k_norm = opt_dense(&p("attn_k_norm.weight"), head_dim)?;
+            let post_attn_norm = opt_dense(&p("post_attention_norm.weight"), n_embd)?;
+            let ffn_norm = dense(&p("ffn_norm.weight"), n_embd)?;
+            let post_ffn_norm = opt_dense(&p("post_ffw_norm.weight"), n_embd)?;
+            let host = HostVectors::of(
+                &attn_norm,
+                [&bq, &bk, &bv],
+                &q_norm,
+                &k_norm,
+                &post_attn_norm,
+                &ffn_norm,
+                &post_ffn_norm,
+            )?;
             Ok(Layer {
-                attn_norm: dense(&p("attn_norm.weight"), n_embd)?,
+                attn_norm,
                 wq: mm(&p("attn_q.weight"), q_rows, n_embd)?,
                 wk: mm(&p("attn_k.weight"), kv_rows, n_embd)?,
                 wv: mm(&p("attn_v.weight"), kv_rows, n_embd)?,
                 wo: mm(&p("attn_output.weight"), n_embd, q_rows)?,
-                bq: opt_dense(&p("attn_q.bias"), q_rows)?,
-                bk: opt_dense(&p("attn_k.bias"), kv_rows)?,
-                bv: opt_dense(&p("attn_v.bias"), kv_rows)?,
-                q_norm: opt_dense(&p("attn_q_norm.weight"), head_dim)?,
-                k_norm: opt_dense(&p("attn_k_norm.weight"), head_dim)?,
-                post_attn_norm: opt_dense(&p("post_attention_norm.weight"), n_embd)?,
-                ffn_norm: dense(&p("ffn_norm.weight"), n_embd)?,
+                bq,
+                bk,
+                bv,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                ffn_norm,
                 w_gate: mm(&p("ffn_gate.weight"), n_ff, n_embd)?,
                 w_up: mm(&p("ffn_up.weight"), n_ff, n_embd)?,
                 w_down: mm(&p("ffn_down.weight"), n_embd, n_ff)?,
-                post_ffn_norm: opt_dense(&p("post_ffw_norm.weight"), n_embd)?,
+                post_ffn_norm,
                 rope: ropes[i],
                 sliding_window: cfg.layers[i].sliding_window,
+                host,
             })
         };
         // Regrouping the weights is CPU work proportional to the model: two threads take
@@ -273,8 +359,10 @@ impl Transformer {
             .iter()
             .map(|t| rope_table(*t, cfg.head_dim, n_pos, device))
             .collect::<Result<Vec<_>>>()?;
+        let out_norm = dense("output_norm.weight", n_embd)?;
         Ok(Self {
-            out_norm: dense("output_norm.weight", n_embd)?,
+            out_norm_host: host_values(&out_norm)?,
+            out_norm,
             embed,
             vocab,
             layers,
@@ -320,7 +408,14 @@ impl Transformer {
     /// Runs `tokens` (the continuation of the sequence in `cache`) through the model and
     /// returns logits `[n, vocab]` for the last position or for all of them.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        let x = self.hidden(&mut [(tokens, cache)], None)?;
+        let mut seqs = [(tokens, cache)];
+        if self.on_host(&seqs) {
+            let mut out = Vec::new();
+            self.forward_host(&mut seqs, logits, &mut out)?;
+            let n = out.len() / self.vocab.max(1);
+            return Ok(Tensor::from_vec(out, (n, self.vocab), &self.device)?);
+        }
+        let x = self.hidden(&mut seqs, None)?;
         let x = match logits {
             Logits::Last => x.narrow(0, tokens.len() - 1, 1)?,
             Logits::All => x,
@@ -334,6 +429,15 @@ impl Transformer {
     /// cache. A row's result does not depend on what else is in the batch for the weight
     /// types pathos multiplies itself.
     pub fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
+        if self.on_host(seqs) {
+            let mut out = Vec::new();
+            self.forward_host(seqs, Logits::Last, &mut out)?;
+            return Ok(Tensor::from_vec(
+                out,
+                (seqs.len(), self.vocab),
+                &self.device,
+            )?);
+        }
         let x = self.hidden(seqs, None)?;
         let mut last = Vec::with_capacity(seqs.len());
         let mut end = 0u32;
@@ -343,6 +447,23 @@ impl Transformer {
         }
         let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
         self.logits(&x)
+    }
+
+    /// [`Self::forward_batch`] writing the logits into `logits` (`[sequences, vocab]`,
+    /// resized): the decode step's form. On the CPU it allocates nothing once its
+    /// buffers have grown to the batch (see [`host_ops`]).
+    pub fn forward_batch_into(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        if self.on_host(seqs) {
+            return self.forward_host(seqs, Logits::Last, logits);
+        }
+        let t = self.forward_batch(seqs)?;
+        logits.clear();
+        logits.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
     }
 
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
@@ -356,12 +477,246 @@ impl Transformer {
     pub fn layer_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
         let mut states = Vec::with_capacity(self.layers.len());
         let last = tokens.len().saturating_sub(1);
+        let mut seqs = [(tokens, cache)];
+        if self.on_host(&seqs) {
+            let n = self.cfg.n_embd;
+            let mut observe = |_: usize, x: &[f32]| -> Result<()> {
+                states.push(x[last * n..(last + 1) * n].to_vec());
+                Ok(())
+            };
+            let rows = tokens.len();
+            with_scratch(rows, |s| self.hidden_host(&mut seqs, Some(&mut observe), s))?;
+            return Ok(states);
+        }
         let mut observe = |_: usize, x: &Tensor| -> Result<()> {
             states.push(x.narrow(0, last, 1)?.flatten_all()?.to_vec1::<f32>()?);
             Ok(())
         };
-        self.hidden(&mut [(tokens, cache)], Some(&mut observe))?;
+        self.hidden(&mut seqs, Some(&mut observe))?;
         Ok(states)
+    }
+
+    /// Whether a pass over `seqs` runs in host memory: weights on the CPU and every
+    /// cache in host memory (always so on the CPU).
+    fn on_host(&self, seqs: &[(&[u32], &mut KvCache)]) -> bool {
+        self.device.is_cpu() && seqs.iter().all(|(_, c)| c.is_host())
+    }
+
+    /// The host pass: hidden states into a scratch buffer, then logits of the chosen
+    /// rows into `out`.
+    fn forward_host(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        which: Logits,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows = seqs.iter().map(|(t, _)| t.len()).sum();
+        with_scratch(rows, |s| {
+            self.hidden_host(seqs, None, s)?;
+            self.logits_host(s, which, out)
+        })
+    }
+
+    /// The hidden states after the last layer, `[Σ tokens, n_embd]` in `s.x`, computed
+    /// in host memory; each cache takes its new keys and values. `observe` sees the
+    /// residual stream after each layer (steering included).
+    #[allow(clippy::type_complexity)]
+    fn hidden_host(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        mut observe: Option<&mut dyn FnMut(usize, &[f32]) -> Result<()>>,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let n = c.n_embd;
+        s.tokens.clear();
+        s.spans.clear();
+        for (tokens, cache) in seqs.iter() {
+            if tokens.is_empty() {
+                return Err(Error::InvalidSampling("no tokens to process".into()));
+            }
+            cache.check_room(tokens.len())?;
+            s.spans.push(Span {
+                first: s.tokens.len(),
+                t: tokens.len(),
+                pos: cache.len(),
+            });
+            s.tokens.extend_from_slice(tokens);
+        }
+        let rows = s.tokens.len();
+        s.size(
+            rows,
+            Widths {
+                n_embd: n,
+                q: c.n_head * c.head_dim,
+                kv: c.n_head_kv * c.head_dim,
+                n_ff: c.n_ff,
+            },
+        );
+        match (&self.embed, &self.output) {
+            (Some(table), _) => {
+                let ids = Tensor::new(s.tokens.as_slice(), &self.device)?;
+                let e = table.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+                s.x.copy_from_slice(&e);
+            }
+            (None, Linear::Own(w)) => w.rows_into(&s.tokens, &mut s.x)?,
+            (None, Linear::Candle(_)) => {
+                return Err(candle_core::Error::Msg("no token embedding table".into()).into());
+            }
+        }
+        if c.scale_embeddings {
+            let f = (n as f64).sqrt() as f32;
+            s.x.iter_mut().for_each(|v| *v *= f);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.block_host(layer, i, seqs, s)?;
+            for (span, (_, cache)) in s.spans.iter().zip(seqs.iter()) {
+                if let Some(add) = cache.steering().and_then(|st| st.at_host(i)) {
+                    let rows = &mut s.x[span.first * n..(span.first + span.t) * n];
+                    host_ops::add_to_rows(rows, add);
+                }
+            }
+            if let Some(f) = observe.as_mut() {
+                f(i, &s.x)?;
+            }
+        }
+        for (tokens, cache) in seqs.iter_mut() {
+            cache.advance(tokens.len());
+        }
+        Ok(())
+    }
+
+    /// One transformer block over `s.x` in host memory (see [`Self::block`]).
+    fn block_host(
+        &self,
+        l: &Layer,
+        li: usize,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let eps = c.rms_eps as f32;
+        let (n, hv) = (c.n_embd, &l.host);
+        host_ops::rms_norm(&s.x, &hv.attn_norm, eps, &mut s.h);
+        let mut input = HostInput::new(&s.h, n, &mut s.acts);
+        Linear::forward_host_many(
+            [&l.wq, &l.wk, &l.wv],
+            &mut input,
+            [&mut s.q, &mut s.k, &mut s.v],
+        )?;
+        for (b, y) in [(&hv.bq, &mut s.q), (&hv.bk, &mut s.k), (&hv.bv, &mut s.v)] {
+            if let Some(b) = b {
+                host_ops::add_to_rows(y, b);
+            }
+        }
+        if let Some(w) = &hv.q_norm {
+            host_ops::rms_norm_in_place(&mut s.q, w, eps);
+        }
+        if let Some(w) = &hv.k_norm {
+            host_ops::rms_norm_in_place(&mut s.k, w, eps);
+        }
+        self.attend_host(l, li, seqs, s);
+        let mut input = HostInput::new(&s.att, c.n_head * c.head_dim, &mut s.acts);
+        l.wo.forward_host(&mut input, &mut s.o)?;
+        if let Some(w) = &hv.post_attn_norm {
+            host_ops::rms_norm_in_place(&mut s.o, w, eps);
+        }
+        host_ops::add(&mut s.x, &s.o);
+        host_ops::rms_norm(&s.x, &hv.ffn_norm, eps, &mut s.h);
+        let mut input = HostInput::new(&s.h, n, &mut s.acts);
+        Linear::forward_host_many([&l.w_gate, &l.w_up], &mut input, [&mut s.gate, &mut s.up])?;
+        host_ops::gated(c.activation, &mut s.gate, &s.up);
+        let mut input = HostInput::new(&s.gate, c.n_ff, &mut s.acts);
+        l.w_down.forward_host(&mut input, &mut s.o)?;
+        if let Some(w) = &hv.post_ffn_norm {
+            host_ops::rms_norm_in_place(&mut s.o, w, eps);
+        }
+        host_ops::add(&mut s.x, &s.o);
+        Ok(())
+    }
+
+    /// Rotation, cache writes and attention of every sequence's new rows (`s.q`, `s.k`,
+    /// `s.v`) into `s.att`, over plain memory, split over the worker threads.
+    fn attend_host(
+        &self,
+        l: &Layer,
+        li: usize,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        s: &mut Scratch,
+    ) {
+        let c = &self.cfg;
+        let d = c.head_dim;
+        let tables = &self.rope_tables[l.rope];
+        let rope = RopeTable {
+            cos: &tables.cos,
+            sin: &tables.sin,
+            style: c.rope,
+        };
+        let (qw, kw) = (c.n_head * d, c.n_head_kv * d);
+        for (span, (_, cache)) in s.spans.iter().zip(seqs.iter_mut()) {
+            for r in span.first..span.first + span.t {
+                let p = span.pos + r - span.first;
+                rope.apply(&mut s.q[r * qw..(r + 1) * qw], d, p);
+                rope.apply(&mut s.k[r * kw..(r + 1) * kw], d, p);
+                cache.write_host(
+                    li,
+                    p,
+                    &s.k[r * kw..(r + 1) * kw],
+                    &s.v[r * kw..(r + 1) * kw],
+                );
+            }
+        }
+        let caches: &[(&[u32], &mut KvCache)] = seqs;
+        let kv = |i: usize| {
+            let cache = &caches[i].1;
+            let (k, v) = cache
+                .host_layer(li)
+                .expect("the host pass runs only over host caches");
+            KvView {
+                k,
+                v,
+                capacity: cache.capacity(),
+            }
+        };
+        let heads = Heads {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: d,
+            scale: c.attention_scale as f32,
+            window: l.sliding_window,
+        };
+        attend(heads, &s.q, &s.spans, &kv, &mut s.att);
+    }
+
+    /// Final norm and output projection of the rows `which` picks (each sequence's last,
+    /// or all), into `out` (`[picked, vocab]`).
+    fn logits_host(&self, s: &mut Scratch, which: Logits, out: &mut Vec<f32>) -> Result<()> {
+        let n = self.cfg.n_embd;
+        let eps = self.cfg.rms_eps as f32;
+        let w = &self.out_norm_host;
+        let picked = match which {
+            Logits::All => {
+                host_ops::rms_norm(&s.x, w, eps, &mut s.h);
+                s.tokens.len()
+            }
+            Logits::Last => {
+                for (j, sp) in s.spans.iter().enumerate() {
+                    let r = sp.first + sp.t - 1;
+                    host_ops::rms_norm(
+                        &s.x[r * n..(r + 1) * n],
+                        w,
+                        eps,
+                        &mut s.h[j * n..(j + 1) * n],
+                    );
+                }
+                s.spans.len()
+            }
+        };
+        out.clear();
+        out.resize(picked * self.vocab, 0.0);
+        let mut input = HostInput::new(&s.h[..picked * n], n, &mut s.acts);
+        self.output.forward_host(&mut input, out)?;
+        Ok(())
     }
 
     /// Adds each sequence's steering for layer `layer` to its rows of `x`.
@@ -469,19 +824,15 @@ impl Transformer {
         if let Some(n) = &l.k_norm {
             k = candle_nn::ops::rms_norm(&k, n, eps)?;
         }
-        let o = if seqs.iter().all(|(_, c)| c.is_host()) {
-            self.host_attention(l, li, &q, &k, &v, spans, seqs)?
+        let mut outs = Vec::with_capacity(spans.len());
+        for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
+            let one = |a: &Tensor| a.narrow(0, first, t);
+            outs.push(self.attention(l, li, &one(&q)?, &one(&k)?, &one(&v)?, pos, cache)?);
+        }
+        let o = if outs.len() == 1 {
+            outs.pop().expect("one output")
         } else {
-            let mut outs = Vec::with_capacity(spans.len());
-            for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
-                let one = |a: &Tensor| a.narrow(0, first, t);
-                outs.push(self.attention(l, li, &one(&q)?, &one(&k)?, &one(&v)?, pos, cache)?);
-            }
-            if outs.len() == 1 {
-                outs.pop().expect("one output")
-            } else {
-                Tensor::cat(&outs, 0)?
-            }
+            Tensor::cat(&outs, 0)?
         };
         let mut o = l.wo.forward(&o)?;
         if let Some(n) = &l.post_attn_norm {
@@ -500,69 +851,6 @@ impl Transformer {
             f = candle_nn::ops::rms_norm(&f, n, eps)?;
         }
         Ok((x + f)?)
-    }
-
-    /// Attention of every sequence's new rows (`q`, `k`, `v`: `[rows, heads, head_dim]`)
-    /// on the CPU: rotation, cache writes and attention over plain memory, split over
-    /// the worker threads. Returns `[rows, n_head * head_dim]`.
-    #[allow(clippy::too_many_arguments)]
-    fn host_attention(
-        &self,
-        l: &Layer,
-        li: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        spans: &[(usize, usize, usize)],
-        seqs: &mut [(&[u32], &mut KvCache)],
-    ) -> Result<Tensor> {
-        let c = &self.cfg;
-        let d = c.head_dim;
-        let rows = q.dim(0)?;
-        let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
-        let (mut q, mut k, v) = (flat(q)?, flat(k)?, flat(v)?);
-        let tables = &self.rope_tables[l.rope];
-        let rope = RopeTable {
-            cos: &tables.cos,
-            sin: &tables.sin,
-            style: c.rope,
-        };
-        let (qw, kw) = (c.n_head * d, c.n_head_kv * d);
-        for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
-            for r in first..first + t {
-                let p = pos + r - first;
-                rope.apply(&mut q[r * qw..(r + 1) * qw], d, p);
-                rope.apply(&mut k[r * kw..(r + 1) * kw], d, p);
-                cache.write_host(li, p, &k[r * kw..(r + 1) * kw], &v[r * kw..(r + 1) * kw]);
-            }
-        }
-        let kvs = spans
-            .iter()
-            .zip(seqs.iter())
-            .map(|(&(first, t, pos), (_, cache))| {
-                let (k, v) = cache
-                    .host_layer(li)
-                    .ok_or_else(|| Error::InvalidSampling("cache is not in host memory".into()))?;
-                Ok(SeqKv {
-                    first,
-                    t,
-                    pos,
-                    k,
-                    v,
-                    capacity: cache.capacity(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = vec![0f32; rows * qw];
-        let heads = Heads {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: d,
-            scale: c.attention_scale as f32,
-            window: l.sliding_window,
-        };
-        attend(heads, &q, &kvs, &mut out);
-        Ok(Tensor::from_vec(out, (rows, qw), &self.device)?)
     }
 
     /// Attention of one sequence's `t` new rows (`q`, `k`, `v`: `[t, heads, head_dim]`,

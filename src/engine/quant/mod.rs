@@ -129,29 +129,46 @@ impl QWeight {
 
     /// The rows `ids` as an f32 tensor `[ids.len(), k]` (token embeddings of a tied table).
     pub fn rows_of(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
-        let mut out = Vec::with_capacity(ids.len() * self.k);
-        for &id in ids {
+        let mut out = vec![0f32; ids.len() * self.k];
+        self.rows_into(ids, &mut out)?;
+        Tensor::from_vec(out, (ids.len(), self.k), device)
+    }
+
+    /// Writes the rows `ids`, dequantized, into `out` (`[ids.len(), k]`): token
+    /// embeddings read straight into the forward pass's buffer.
+    pub fn rows_into(&self, ids: &[u32], out: &mut [f32]) -> candle_core::Result<()> {
+        if out.len() != ids.len() * self.k {
+            candle_core::bail!(
+                "embedding rows: {} values for {} rows",
+                out.len(),
+                ids.len()
+            )
+        }
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.k.max(1))) {
             let id = id as usize;
             if id >= self.n {
                 candle_core::bail!("token id {id} is outside the vocabulary of {}", self.n)
             }
             match &self.groups {
-                Groups::Q4_0(g) => self.extend_row(g, id, &mut out),
-                Groups::Q4_1(g) => self.extend_row(g, id, &mut out),
-                Groups::Q5_0(g) => self.extend_row(g, id, &mut out),
-                Groups::Q8_0(g) => self.extend_row(g, id, &mut out),
-                Groups::Q4K(g) => self.extend_row(g, id, &mut out),
-                Groups::Q6K(g) => self.extend_row(g, id, &mut out),
+                Groups::Q4_0(g) => self.write_row(g, id, row),
+                Groups::Q4_1(g) => self.write_row(g, id, row),
+                Groups::Q5_0(g) => self.write_row(g, id, row),
+                Groups::Q8_0(g) => self.write_row(g, id, row),
+                Groups::Q4K(g) => self.write_row(g, id, row),
+                Groups::Q6K(g) => self.write_row(g, id, row),
             }
         }
-        Tensor::from_vec(out, (ids.len(), self.k), device)
+        Ok(())
     }
 
-    fn extend_row<G: Interleaved>(&self, groups: &[G], row: usize, out: &mut Vec<f32>) {
+    fn write_row<G: Interleaved>(&self, groups: &[G], row: usize, out: &mut [f32]) {
         let kb = self.k / QK;
         let g = row / ROWS;
-        for group in &groups[g * kb..(g + 1) * kb] {
-            out.extend(group.block(row % ROWS).dequantize());
+        for (group, dst) in groups[g * kb..(g + 1) * kb]
+            .iter()
+            .zip(out.chunks_exact_mut(QK))
+        {
+            dst.copy_from_slice(&group.block(row % ROWS).dequantize());
         }
     }
 
@@ -164,7 +181,7 @@ impl QWeight {
     /// `dst[m, n] = acts[m, k] · selfᵀ` for activations already quantized (one input
     /// feeding several weights, such as the query, key and value projections).
     pub fn matmul_quantized(&self, acts: &Activations, dst: &mut [f32]) {
-        dispatch(&[self.job(acts, dst)]);
+        dispatch(&[Job::new(self, acts, dst)]);
     }
 }
 
@@ -178,13 +195,40 @@ pub struct Activations {
 impl Activations {
     /// Quantizes the rows of `x` (`k` values each; `k` a multiple of 32).
     pub fn quantize(x: &[f32], k: usize) -> Self {
+        let mut acts = Self::empty();
+        acts.quantize_from(x, k);
+        acts
+    }
+
+    /// No rows yet: a buffer for [`Self::quantize_from`] to fill again and again.
+    pub fn empty() -> Self {
+        Self {
+            rows: 0,
+            k: 0,
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Replaces the rows with those of `x` quantized (`k` values each; `k` a multiple
+    /// of 32), reusing the buffer: a decode step quantizes into the same memory each time.
+    pub fn quantize_from(&mut self, x: &[f32], k: usize) {
         let kb = k / QK;
         let rows = x.len() / k.max(1);
-        let mut blocks = vec![ActBlock::ZERO; rows * kb];
-        for (row, out) in x.chunks_exact(k).zip(blocks.chunks_exact_mut(kb)) {
+        self.blocks.clear();
+        self.blocks.resize(rows * kb, ActBlock::ZERO);
+        for (row, out) in x
+            .chunks_exact(k.max(1))
+            .zip(self.blocks.chunks_exact_mut(kb.max(1)))
+        {
             blocks::quantize_row(row, out);
         }
-        Self { rows, k, blocks }
+        self.rows = rows;
+        self.k = k;
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.k
     }
 }
 
@@ -254,79 +298,121 @@ fn pick<G: Pick>() -> Kernel<G> {
     }
 }
 
-/// One weight's share of a dispatch: multiplies groups `range` of the weight with every
-/// activation row, writing into the destination it was made for.
-type GroupWork<'a> = Box<dyn Fn(std::ops::Range<usize>) + Sync + 'a>;
-
-/// The work of multiplying `w` (`n` rows in groups of eight, `kb` blocks each) with
-/// `m` activation rows into `dst` (`[m, n]`), split by groups. Each group is multiplied
-/// with every activation row, four at a time, while its blocks sit in L1.
-fn group_work<'a, G: Interleaved>(
-    w: &'a [G],
+/// Multiplies groups `range` of `w` (`n` rows in groups of eight, `kb` blocks each)
+/// with `m` activation rows into `dst` (`[m, n]`, as an address: several workers write
+/// disjoint parts of it). Each group is multiplied with every activation row, four at a
+/// time, while its blocks sit in L1.
+#[allow(clippy::too_many_arguments)]
+fn run_groups<G: Interleaved>(
+    w: &[G],
     n: usize,
     kb: usize,
+    acts: &[ActBlock],
+    m: usize,
+    dst: usize,
+    kernel: Kernel<G>,
+    range: std::ops::Range<usize>,
+) {
+    let dst = dst as *mut f32;
+    for g in range {
+        let first = g * ROWS;
+        let width = ROWS.min(n - first);
+        let put = |i: usize, out: &[f32; ROWS]| {
+            // SAFETY: `i < m` and `first + width <= n`, so the span lies inside `dst`
+            // (m * n floats, checked by `Job::new`, which borrows it mutably for the
+            // job's life); rows `first..first + width` of every output row belong to
+            // this group alone, and each group is run by exactly one worker.
+            unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), dst.add(i * n + first), width) };
+        };
+        let wg = &w[g * kb..(g + 1) * kb];
+        let a = |i: usize| &acts[i * kb..(i + 1) * kb];
+        let mut i = 0;
+        while i + 4 <= m {
+            let mut o = [[0f32; ROWS]; 4];
+            (kernel.k4)(wg, [a(i), a(i + 1), a(i + 2), a(i + 3)], &mut o);
+            for (j, o) in o.iter().enumerate() {
+                put(i + j, o);
+            }
+            i += 4;
+        }
+        if i + 2 <= m {
+            let mut o = [[0f32; ROWS]; 2];
+            (kernel.k2)(wg, [a(i), a(i + 1)], &mut o);
+            put(i, &o[0]);
+            put(i + 1, &o[1]);
+            i += 2;
+        }
+        if i < m {
+            let mut o = [[0f32; ROWS]; 1];
+            (kernel.k1)(wg, [a(i)], &mut o);
+            put(i, &o[0]);
+        }
+    }
+}
+
+/// One weight's share of a dispatch: `dst = acts · wᵀ`, split by groups of eight rows.
+/// A plain value (no boxed closure), so a dispatch allocates nothing.
+struct Job<'a> {
+    w: &'a QWeight,
     acts: &'a [ActBlock],
     m: usize,
-    dst: &'a mut [f32],
-    kernel: Kernel<G>,
-) -> GroupWork<'a> {
-    assert!(dst.len() >= m * n && acts.len() >= m * kb && w.len() >= n.div_ceil(ROWS) * kb);
-    let dst_addr = dst.as_mut_ptr() as usize;
-    Box::new(move |range: std::ops::Range<usize>| {
-        let dst = dst_addr as *mut f32;
-        for g in range {
-            let first = g * ROWS;
-            let width = ROWS.min(n - first);
-            let put = |i: usize, out: &[f32; ROWS]| {
-                // SAFETY: `i < m` and `first + width <= n`, so the span lies inside `dst`
-                // (m * n floats, borrowed mutably for 'a); rows `first..first + width` of
-                // every output row belong to this group alone, and each group is run by
-                // exactly one worker.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(out.as_ptr(), dst.add(i * n + first), width)
-                };
-            };
-            let wg = &w[g * kb..(g + 1) * kb];
-            let a = |i: usize| &acts[i * kb..(i + 1) * kb];
-            let mut i = 0;
-            while i + 4 <= m {
-                let mut o = [[0f32; ROWS]; 4];
-                (kernel.k4)(wg, [a(i), a(i + 1), a(i + 2), a(i + 3)], &mut o);
-                for (j, o) in o.iter().enumerate() {
-                    put(i + j, o);
-                }
-                i += 4;
-            }
-            if i + 2 <= m {
-                let mut o = [[0f32; ROWS]; 2];
-                (kernel.k2)(wg, [a(i), a(i + 1)], &mut o);
-                put(i, &o[0]);
-                put(i + 1, &o[1]);
-                i += 2;
-            }
-            if i < m {
-                let mut o = [[0f32; ROWS]; 1];
-                (kernel.k1)(wg, [a(i)], &mut o);
-                put(i, &o[0]);
-            }
-        }
-    })
+    /// Address of the destination, `[m, n]`, borrowed mutably by `'a`.
+    dst: usize,
+    _dst: std::marker::PhantomData<&'a mut [f32]>,
 }
+
+impl<'a> Job<'a> {
+    fn new(w: &'a QWeight, acts: &'a Activations, dst: &'a mut [f32]) -> Self {
+        assert_eq!(acts.k, w.k, "activation width");
+        let m = acts.rows;
+        assert_eq!(dst.len(), m * w.n, "output shape");
+        let kb = w.k / QK;
+        assert!(acts.blocks.len() >= m * kb, "activation rows");
+        Self {
+            w,
+            acts: &acts.blocks[..m * kb],
+            m,
+            dst: dst.as_mut_ptr() as usize,
+            _dst: std::marker::PhantomData,
+        }
+    }
+
+    fn groups(&self) -> usize {
+        self.w.n.div_ceil(ROWS)
+    }
+
+    fn run(&self, range: std::ops::Range<usize>) {
+        let (n, kb, a, m, d) = (self.w.n, self.w.k / QK, self.acts, self.m, self.dst);
+        match &self.w.groups {
+            Groups::Q4_0(g) => run_groups(g, n, kb, a, m, d, pick::<Q4_0x8>(), range),
+            Groups::Q4_1(g) => run_groups(g, n, kb, a, m, d, pick::<Q4_1x8>(), range),
+            Groups::Q5_0(g) => run_groups(g, n, kb, a, m, d, pick::<Q5_0x8>(), range),
+            Groups::Q8_0(g) => run_groups(g, n, kb, a, m, d, pick::<Q8_0x8>(), range),
+            Groups::Q4K(g) => run_groups(g, n, kb, a, m, d, pick::<Q4Kx8>(), range),
+            Groups::Q6K(g) => run_groups(g, n, kb, a, m, d, pick::<Q6Kx8>(), range),
+        }
+    }
+}
+
+// SAFETY: a job only reads its weight and activations and writes, through `dst`,
+// disjoint group columns of a buffer it borrows mutably for its whole life; which
+// groups a worker runs is decided by the dispatch, each group by exactly one worker.
+unsafe impl Sync for Job<'_> {}
 
 /// Runs the groups of several weights as one dispatch over candle's CPU worker pool (the
 /// same threads candle's own kernels use, so the two never compete for cores): the
 /// query, key and value projections, or the gate and up projections, then cost one
 /// hand-off and one wait instead of three or two, and a worker done with one weight's
 /// groups moves on to the next weight's instead of idling at a barrier.
-fn dispatch(jobs: &[(usize, GroupWork<'_>)]) {
-    let total: usize = jobs.iter().map(|(groups, _)| groups).sum();
+fn dispatch(jobs: &[Job<'_>]) {
+    let total: usize = jobs.iter().map(Job::groups).sum();
     let work = |range: std::ops::Range<usize>| {
         let mut start = 0;
-        for (groups, work) in jobs {
-            let end = start + groups;
+        for job in jobs {
+            let end = start + job.groups();
             let (lo, hi) = (range.start.max(start), range.end.min(end));
             if lo < hi {
-                work(lo - start..hi - start);
+                job.run(lo - start..hi - start);
             }
             start = end;
         }
@@ -339,33 +425,14 @@ fn dispatch(jobs: &[(usize, GroupWork<'_>)]) {
 }
 
 impl QWeight {
-    /// This weight's part of a dispatch computing `dst = acts · selfᵀ`.
-    fn job<'a>(&'a self, acts: &'a Activations, dst: &'a mut [f32]) -> (usize, GroupWork<'a>) {
-        assert_eq!(acts.k, self.k, "activation width");
-        let m = acts.rows;
-        assert_eq!(dst.len(), m * self.n, "output shape");
-        let kb = self.k / QK;
-        let a = &acts.blocks[..m * kb];
-        let (n, groups) = (self.n, self.n.div_ceil(ROWS));
-        let work = match &self.groups {
-            Groups::Q4_0(g) => group_work(g, n, kb, a, m, dst, pick::<Q4_0x8>()),
-            Groups::Q4_1(g) => group_work(g, n, kb, a, m, dst, pick::<Q4_1x8>()),
-            Groups::Q5_0(g) => group_work(g, n, kb, a, m, dst, pick::<Q5_0x8>()),
-            Groups::Q8_0(g) => group_work(g, n, kb, a, m, dst, pick::<Q8_0x8>()),
-            Groups::Q4K(g) => group_work(g, n, kb, a, m, dst, pick::<Q4Kx8>()),
-            Groups::Q6K(g) => group_work(g, n, kb, a, m, dst, pick::<Q6Kx8>()),
-        };
-        (groups, work)
-    }
-
     /// `dsts[i] = acts · ws[i]ᵀ` for several weights reading one input, in one dispatch.
-    pub fn matmul_many(ws: &[&QWeight], acts: &Activations, dsts: &mut [&mut [f32]]) {
-        assert_eq!(ws.len(), dsts.len(), "one destination per weight");
-        let jobs: Vec<_> = ws
-            .iter()
-            .zip(dsts.iter_mut())
-            .map(|(w, d)| w.job(acts, d))
-            .collect();
+    pub fn matmul_many<const N: usize>(
+        ws: [&QWeight; N],
+        acts: &Activations,
+        dsts: [&mut [f32]; N],
+    ) {
+        let mut dsts = dsts.into_iter();
+        let jobs = ws.map(|w| Job::new(w, acts, dsts.next().expect("one destination per weight")));
         dispatch(&jobs);
     }
 }
@@ -429,6 +496,106 @@ impl Linear {
         }
         Ok(Self::Candle(QMatMul::from_arc(t)?))
     }
+
+    /// Output width.
+    pub fn rows(&self) -> candle_core::Result<usize> {
+        match self {
+            Self::Own(w) => Ok(w.n),
+            Self::Candle(QMatMul::QTensor(t)) => Ok(t.shape().dims2()?.0),
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.dims2()?.0),
+        }
+    }
+
+    /// `dst = x · Wᵀ` over host memory (`dst`: `[rows, n]`). candle's layers go
+    /// through a tensor.
+    pub fn forward_host(
+        &self,
+        input: &mut HostInput<'_>,
+        dst: &mut [f32],
+    ) -> candle_core::Result<()> {
+        match self {
+            Self::Own(w) => {
+                let acts = input.activations();
+                if acts.k != w.k {
+                    candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
+                }
+                w.matmul_quantized(acts, dst);
+            }
+            Self::Candle(m) => {
+                let rows = input.x.len() / input.k.max(1);
+                let t = Tensor::from_slice(input.x, (rows, input.k), &Device::Cpu)?;
+                let y = m.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+                if y.len() != dst.len() {
+                    candle_core::bail!("qmatmul: {} outputs for {} places", y.len(), dst.len())
+                }
+                dst.copy_from_slice(&y);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::forward_host`] for several layers reading one input: one dispatch over
+    /// all their weights when pathos multiplies every one of them.
+    pub fn forward_host_many<const N: usize>(
+        layers: [&Linear; N],
+        input: &mut HostInput<'_>,
+        dsts: [&mut [f32]; N],
+    ) -> candle_core::Result<()> {
+        let own = layers.map(|l| match l {
+            Self::Own(w) => Some(w),
+            Self::Candle(_) => None,
+        });
+        if own.iter().any(Option::is_none) {
+            for (l, d) in layers.into_iter().zip(dsts) {
+                l.forward_host(input, d)?;
+            }
+            return Ok(());
+        }
+        let ws = own.map(|w| w.expect("checked above"));
+        let acts = input.activations();
+        if let Some(w) = ws.iter().find(|w| w.k != acts.k) {
+            candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
+        }
+        for (w, d) in ws.iter().zip(&dsts) {
+            if d.len() != acts.rows * w.n {
+                candle_core::bail!(
+                    "qmatmul: {} places for {} outputs",
+                    d.len(),
+                    acts.rows * w.n
+                )
+            }
+        }
+        QWeight::matmul_many(ws, acts, dsts);
+        Ok(())
+    }
+}
+
+/// A host-memory input (`[rows, k]`) several [`Linear`] layers read: quantized into a
+/// reused buffer on first use, once for all of them.
+pub struct HostInput<'a> {
+    x: &'a [f32],
+    k: usize,
+    acts: &'a mut Activations,
+    ready: bool,
+}
+
+impl<'a> HostInput<'a> {
+    pub fn new(x: &'a [f32], k: usize, acts: &'a mut Activations) -> Self {
+        Self {
+            x,
+            k,
+            acts,
+            ready: false,
+        }
+    }
+
+    fn activations(&mut self) -> &Activations {
+        if !self.ready {
+            self.acts.quantize_from(self.x, self.k);
+            self.ready = true;
+        }
+        self.acts
+    }
 }
 
 /// An input several [`Linear`] layers read (the normed hidden state feeds the query,
@@ -466,30 +633,25 @@ impl Linear {
         layers: [&Linear; N],
         input: &SharedInput<'_>,
     ) -> candle_core::Result<[Tensor; N]> {
-        let own: Option<Vec<&QWeight>> = layers
-            .iter()
-            .map(|l| match l {
-                Self::Own(w) => Some(w),
-                Self::Candle(_) => None,
-            })
-            .collect();
         let fused = input.x.dtype() == candle_core::DType::F32 && input.x.rank() == 2;
-        let Some(ws) = own.filter(|_| fused) else {
+        let own = layers.map(|l| match l {
+            Self::Own(w) if fused => Some(w),
+            _ => None,
+        });
+        if own.iter().any(Option::is_none) {
             let mut out = Vec::with_capacity(N);
             for l in layers {
                 out.push(l.forward_shared(input)?);
             }
             return Ok(out.try_into().unwrap_or_else(|_| unreachable!("N outputs")));
-        };
+        }
+        let ws = own.map(|w| w.expect("checked above"));
         let acts = input.activations()?;
         if let Some(w) = ws.iter().find(|w| w.k != acts.k) {
             candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
         }
-        let mut dsts: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; acts.rows * w.n]).collect();
-        {
-            let mut views: Vec<&mut [f32]> = dsts.iter_mut().map(|d| d.as_mut_slice()).collect();
-            QWeight::matmul_many(&ws, acts, &mut views);
-        }
+        let mut dsts = ws.map(|w| vec![0f32; acts.rows * w.n]);
+        QWeight::matmul_many(ws, acts, dsts.each_mut().map(|d| d.as_mut_slice()));
         let mut out = Vec::with_capacity(N);
         for (d, w) in dsts.into_iter().zip(&ws) {
             out.push(Tensor::from_vec(d, (acts.rows, w.n), input.x.device())?);

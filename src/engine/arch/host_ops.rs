@@ -1,0 +1,235 @@
+//! The CPU forward pass's operations between the matrix products, over plain slices,
+//! and the buffers they work in.
+//!
+//! Done with candle tensors, each norm, bias, activation and residual add of a decode
+//! step allocates its result and runs on the main thread while the workers wait; a
+//! SmolLM2 step made ~3 700 allocations. Here every operation writes into [`Scratch`],
+//! buffers that keep their size from one step to the next, so a decode step allocates
+//! nothing once warm.
+
+use super::Activation;
+use super::host_attention::Span;
+use crate::engine::quant::Activations;
+
+/// Working memory of one forward pass, reused by the next: sized for the largest batch
+/// seen (row counts of decode steps; a long prompt gets buffers of its own, see
+/// [`Scratch::keeps`]).
+pub struct Scratch {
+    pub tokens: Vec<u32>,
+    pub spans: Vec<Span>,
+    /// The residual stream, `[rows, n_embd]`.
+    pub x: Vec<f32>,
+    /// A normed copy of `x`, the projections' input.
+    pub h: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Attention output, `[rows, n_head * head_dim]`.
+    pub att: Vec<f32>,
+    /// A block's output before the residual add, `[rows, n_embd]`.
+    pub o: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub acts: Activations,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            spans: Vec::new(),
+            x: Vec::new(),
+            h: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            att: Vec::new(),
+            o: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+            acts: Activations::empty(),
+        }
+    }
+}
+
+/// Widths of the buffers per row.
+#[derive(Debug, Clone, Copy)]
+pub struct Widths {
+    pub n_embd: usize,
+    pub q: usize,
+    pub kv: usize,
+    pub n_ff: usize,
+}
+
+impl Scratch {
+    /// Batches up to this many rows keep their buffers for the next pass (decode steps
+    /// of up to 64 sequences); larger ones (prompts) use buffers freed when they end, so
+    /// a long prompt does not leave its memory behind.
+    pub const KEEP_ROWS: usize = 64;
+
+    /// Whether a pass of `rows` rows should work in the kept buffers.
+    pub fn keeps(rows: usize) -> bool {
+        rows <= Self::KEEP_ROWS
+    }
+
+    /// Sizes every buffer for `rows` rows (no allocation when they were this large
+    /// before).
+    pub fn size(&mut self, rows: usize, w: Widths) {
+        let fit = |b: &mut Vec<f32>, n: usize| {
+            b.clear();
+            b.resize(n, 0.0);
+        };
+        fit(&mut self.x, rows * w.n_embd);
+        fit(&mut self.h, rows * w.n_embd);
+        fit(&mut self.o, rows * w.n_embd);
+        fit(&mut self.q, rows * w.q);
+        fit(&mut self.att, rows * w.q);
+        fit(&mut self.k, rows * w.kv);
+        fit(&mut self.v, rows * w.kv);
+        fit(&mut self.gate, rows * w.n_ff);
+        fit(&mut self.up, rows * w.n_ff);
+    }
+}
+
+/// `out = x / rms(x) · w` for each row of `x` (rows as wide as `w`).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (row, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let scale = inv_rms(row, eps);
+        for ((o, &v), &g) in dst.iter_mut().zip(row).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// [`rms_norm`] in place, for each `w.len()`-wide chunk (per-head norms).
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let scale = inv_rms(row, eps);
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v *= scale * g;
+        }
+    }
+}
+
+/// `1 / √(mean(x²) + ε)`, the square sum taken in f64 as llama.cpp takes it (four
+/// lanes, so it stays vectorised).
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let mut acc = [0f64; 4];
+    let chunks = row.chunks_exact(4);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v) * f64::from(v);
+        }
+    }
+    let mean = (acc.iter().sum::<f64>() + tail) / row.len().max(1) as f64;
+    1.0 / (mean as f32 + eps).sqrt()
+}
+
+/// `x += y`, elementwise.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Adds `row` to every `row.len()`-wide row of `x` (biases, steering vectors).
+pub fn add_to_rows(x: &mut [f32], row: &[f32]) {
+    for r in x.chunks_exact_mut(row.len()) {
+        add(r, row);
+    }
+}
+
+/// `gate = act(gate) · up`, the gated feed-forward's input to its down projection.
+pub fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let x = *g;
+                let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh();
+                *g = 0.5 * x * (1.0 + t) * u;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((x >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 6.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn norms_and_activations_match_candle() {
+        let dev = Device::Cpu;
+        let (rows, d) = (3, 40);
+        let x = values(rows * d, 1);
+        let w = values(d, 2);
+        let xt = Tensor::from_slice(&x, (rows, d), &dev).unwrap();
+        let wt = Tensor::from_slice(&w, d, &dev).unwrap();
+        let want = candle_nn::ops::rms_norm(&xt, &wt, 1e-6).unwrap();
+        let mut got = vec![0f32; rows * d];
+        rms_norm(&x, &w, 1e-6, &mut got);
+        close(&got, &want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let mut inplace = x.clone();
+        rms_norm_in_place(&mut inplace, &w, 1e-6);
+        close(&inplace, &got);
+
+        let up = values(rows * d, 3);
+        let ut = Tensor::from_slice(&up, (rows, d), &dev).unwrap();
+        for (act, want) in [
+            (Activation::Silu, candle_nn::ops::silu(&xt).unwrap()),
+            (Activation::GeluTanh, xt.gelu().unwrap()),
+        ] {
+            let want = (want * &ut).unwrap().flatten_all().unwrap();
+            let mut g = x.clone();
+            gated(act, &mut g, &up);
+            close(&g, &want.to_vec1::<f32>().unwrap());
+        }
+    }
+
+    #[test]
+    fn kept_buffers_do_not_grow_again() {
+        let w = Widths {
+            n_embd: 64,
+            q: 64,
+            kv: 32,
+            n_ff: 128,
+        };
+        let mut s = Scratch::default();
+        s.size(4, w);
+        let before = s.gate.as_ptr();
+        s.size(1, w);
+        s.size(4, w);
+        assert_eq!(s.gate.as_ptr(), before);
+        assert_eq!(s.gate.len(), 4 * 128);
+        assert!(Scratch::keeps(8) && !Scratch::keeps(Scratch::KEEP_ROWS + 1));
+    }
+}
