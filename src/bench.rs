@@ -123,12 +123,14 @@ fn run_tg(model: &Model, n: usize, steering: Option<&Arc<Steering>>) -> Result<S
     let mut s = model.new_session()?;
     s.cache_mut().set_steering(steering.cloned());
     let mut next = model.tokenizer.token_id("<|im_start|>").unwrap_or(1);
+    let mut logits = Vec::new();
     let t = Instant::now();
     for _ in 0..n {
-        let l = model
+        let tok = [next];
+        model
             .transformer
-            .forward(&[next], &mut s.cache, Logits::Last)?;
-        next = argmax(&l.squeeze(0)?.to_vec1::<f32>()?);
+            .forward_batch_into(&mut [(&tok[..], &mut s.cache)], &mut logits)?;
+        next = argmax(&logits);
     }
     let secs = t.elapsed().as_secs_f64();
     Ok(Sample {
@@ -149,6 +151,8 @@ fn run_agents(model: &Model, n: usize, agents: usize) -> Result<Sample> {
         .into_iter()
         .map(|t| [t])
         .collect();
+    let width = model.transformer.vocab_size().max(1);
+    let mut logits = Vec::new();
     let t = Instant::now();
     for _ in 0..n {
         let mut batch: Vec<(&[u32], &mut KvCache)> = next
@@ -156,11 +160,10 @@ fn run_agents(model: &Model, n: usize, agents: usize) -> Result<Sample> {
             .zip(sessions.iter_mut())
             .map(|(tok, s)| (tok.as_slice(), &mut s.cache))
             .collect();
-        let logits = model
+        model
             .transformer
-            .forward_batch(&mut batch)?
-            .to_vec2::<f32>()?;
-        for (tok, row) in next.iter_mut().zip(&logits) {
+            .forward_batch_into(&mut batch, &mut logits)?;
+        for (tok, row) in next.iter_mut().zip(logits.chunks_exact(width)) {
             tok[0] = argmax(row);
         }
     }

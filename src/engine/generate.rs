@@ -408,7 +408,8 @@ pub fn step(model: &Model, seqs: &mut [&mut Sequence]) -> Result<()> {
         s.cancel();
     }
     let t0 = Instant::now();
-    let logits = {
+    let mut logits = STEP_LOGITS.take();
+    {
         let mut batch: Vec<(&[u32], &mut KvCache)> = seqs
             .iter_mut()
             .filter(|s| !s.done)
@@ -417,11 +418,35 @@ pub fn step(model: &Model, seqs: &mut [&mut Sequence]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        model.transformer.forward_batch(&mut batch)?
-    };
+        model
+            .transformer
+            .forward_batch_into(&mut batch, &mut logits)?;
+    }
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let mut rows: Vec<Vec<f32>> = logits.to_vec2()?;
-    for (s, row) in seqs.iter_mut().filter(|s| !s.done).zip(rows.iter_mut()) {
+    let vocab = model.transformer.vocab_size().max(1);
+    let result = pick_next(model, seqs, &mut logits, vocab, ms);
+    STEP_LOGITS.set(logits);
+    result
+}
+
+thread_local! {
+    /// The logits buffer [`step`] reuses from one call to the next on this thread.
+    static STEP_LOGITS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Each running sequence of [`step`] picks its next token from its row of `logits`.
+fn pick_next(
+    model: &Model,
+    seqs: &mut [&mut Sequence],
+    logits: &mut [f32],
+    vocab: usize,
+    ms: f64,
+) -> Result<()> {
+    for (s, row) in seqs
+        .iter_mut()
+        .filter(|s| !s.done)
+        .zip(logits.chunks_exact_mut(vocab))
+    {
         let fed = std::mem::take(&mut s.feed);
         s.session.tokens.extend_from_slice(&fed);
         if !s.prefilled {
@@ -481,28 +506,29 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
         st.cached = job.session.reuse_prefix(&job.req.prompt);
         news.push(&job.req.prompt[st.cached..]);
     }
-    let logits = {
+    let mut logits = Vec::new();
+    {
         let mut batch: Vec<(&[u32], &mut KvCache)> = jobs
             .iter_mut()
             .zip(&news)
             .map(|(j, new)| (*new, &mut j.session.cache))
             .collect();
-        tf.forward_batch(&mut batch)?
-    };
+        tf.forward_batch_into(&mut batch, &mut logits)?;
+    }
+    let vocab = tf.vocab_size().max(1);
     let prompt_ms = t0.elapsed().as_secs_f64() * 1000.0;
     for ((job, st), new) in jobs.iter_mut().zip(states.iter_mut()).zip(&news) {
         job.session.tokens.extend_from_slice(new);
         st.prompt_ms = prompt_ms;
         st.started = Instant::now();
     }
-    let mut logits: Vec<Vec<f32>> = logits.to_vec2()?;
 
     // Decoding: `active` holds the jobs still running, in job order.
     let mut active: Vec<usize> = (0..jobs.len()).collect();
     while !active.is_empty() {
         let mut next = Vec::with_capacity(active.len());
         let mut still = Vec::with_capacity(active.len());
-        for (&i, row) in active.iter().zip(logits.iter_mut()) {
+        for (&i, row) in active.iter().zip(logits.chunks_exact_mut(vocab)) {
             let job = &mut jobs[i];
             if let Some(tok) = states[i].step(model, row, job.session, job.req, job.sink)? {
                 next.push([tok]);
@@ -523,7 +549,7 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
             rest = tail;
             base = i + 1;
         }
-        logits = tf.forward_batch(&mut batch)?.to_vec2()?;
+        tf.forward_batch_into(&mut batch, &mut logits)?;
         for (&i, tok) in active.iter().zip(&next) {
             jobs[i].session.tokens.push(tok[0]);
         }

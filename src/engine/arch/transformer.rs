@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::host_attention::{Heads, KvView, RopeTable, Span, attend};
@@ -104,12 +104,23 @@ impl HostVectors {
     }
 }
 
+/// The token embedding table.
+enum Embeddings {
+    /// Tied to the output projection, which pathos's kernels keep: rows are read from
+    /// [`Transformer::output`] (one copy of the table).
+    Output,
+    /// A table of its own in pathos's layout (untied models whose table type needs no
+    /// wider layout): rows are dequantized straight into the forward pass's buffer.
+    Own(QWeight),
+    /// A table candle keeps (other types, other devices).
+    Candle(Arc<QTensor>),
+}
+
 /// Weights and precomputed tables of one model.
 pub struct Transformer {
     cfg: ArchConfig,
-    /// `None` when the output projection is tied to the embeddings and kept by pathos's
-    /// own kernels: rows are then read from [`Self::output`] (one copy of the table).
-    embed: Option<Arc<QTensor>>,
+    /// Where token rows are read from.
+    embed: Embeddings,
     vocab: usize,
     layers: Vec<Layer>,
     out_norm: Tensor,
@@ -274,15 +285,28 @@ impl Transformer {
             own("token_embd.weight", vocab, n_embd)?
         };
         let (output, embed) = match tied_own {
-            Some(w) => (Linear::Own(w), None),
+            Some(w) => (Linear::Own(w), Embeddings::Output),
+            None if gguf.has_tensor("output.weight") => {
+                let output = mm("output.weight", vocab, n_embd)?;
+                // A separate table is kept in pathos's layout when that costs no memory
+                // (the 32-weight block types); K-quant tables stay with candle.
+                let compact = matches!(
+                    gguf.tensor_info("token_embd.weight").map(|(t, _)| t),
+                    Some(GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0)
+                );
+                let embed = match compact.then(|| own("token_embd.weight", vocab, n_embd)) {
+                    Some(Ok(Some(w))) => Embeddings::Own(w),
+                    Some(Err(e)) => return Err(e),
+                    _ => Embeddings::Candle(Arc::new(gguf.tensor("token_embd.weight", device)?)),
+                };
+                (output, embed)
+            }
             None => {
                 let embed = Arc::new(gguf.tensor("token_embd.weight", device)?);
-                if gguf.has_tensor("output.weight") {
-                    (mm("output.weight", vocab, n_embd)?, Some(embed))
-                } else {
-                    let out = Linear::shared(embed.clone(), device)?;
-                    let keep = matches!(out, Linear::Candle(_)).then_some(embed);
-                    (out, keep)
+                let out = Linear::shared(embed.clone(), device)?;
+                match out {
+                    Linear::Own(_) => (out, Embeddings::Output),
+                    Linear::Candle(_) => (out, Embeddings::Candle(embed)),
                 }
             }
         };
@@ -554,13 +578,15 @@ impl Transformer {
             },
         );
         match (&self.embed, &self.output) {
-            (Some(table), _) => {
+            (Embeddings::Candle(table), _) => {
                 let ids = Tensor::new(s.tokens.as_slice(), &self.device)?;
                 let e = table.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
                 s.x.copy_from_slice(&e);
             }
-            (None, Linear::Own(w)) => w.rows_into(&s.tokens, &mut s.x)?,
-            (None, Linear::Candle(_)) => {
+            (Embeddings::Own(w), _) | (Embeddings::Output, Linear::Own(w)) => {
+                w.rows_into(&s.tokens, &mut s.x)?
+            }
+            (Embeddings::Output, Linear::Candle(_)) => {
                 return Err(candle_core::Error::Msg("no token embedding table".into()).into());
             }
         }
@@ -769,9 +795,13 @@ impl Transformer {
             all.extend_from_slice(tokens);
         }
         let mut x = match (&self.embed, &self.output) {
-            (Some(table), _) => table.embedding(&Tensor::new(all.as_slice(), &self.device)?)?,
-            (None, Linear::Own(w)) => w.rows_of(&all, &self.device)?,
-            (None, Linear::Candle(_)) => {
+            (Embeddings::Candle(table), _) => {
+                table.embedding(&Tensor::new(all.as_slice(), &self.device)?)?
+            }
+            (Embeddings::Own(w), _) | (Embeddings::Output, Linear::Own(w)) => {
+                w.rows_of(&all, &self.device)?
+            }
+            (Embeddings::Output, Linear::Candle(_)) => {
                 return Err(candle_core::Error::Msg("no token embedding table".into()).into());
             }
         };
