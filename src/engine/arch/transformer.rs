@@ -310,6 +310,15 @@ impl Transformer {
                 }
             }
         };
+        tracing::debug!(
+            table = match &embed {
+                Embeddings::Output => "tied to the output projection",
+                Embeddings::Own(_) => "own layout",
+                Embeddings::Candle(_) => "candle",
+            },
+            dtype = ?gguf.tensor_info("token_embd.weight").map(|(t, _)| t),
+            "token embeddings"
+        );
         let mut thetas: Vec<f32> = Vec::new();
         let ropes: Vec<usize> = cfg
             .layers

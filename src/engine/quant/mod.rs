@@ -24,6 +24,16 @@ use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
 use blocks::{ActBlock, QK, WeightBlock};
 use packed::{Interleaved, Q4_0x8, Q4_1x8, Q4Kx8, Q5_0x8, Q6Kx8, Q8_0x8, ROWS};
 
+/// The block types [`QWeight::from_bytes`] takes (a test checks the two agree).
+const OWN_TYPES: [GgmlDType; 6] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
 /// A weight matrix `[n, k]` in one of the block types this module multiplies, its rows
 /// regrouped eight at a time ([`packed`]).
 pub struct QWeight {
@@ -104,17 +114,7 @@ impl QWeight {
 
     /// Whether weights of `dtype` on `device` are multiplied by this module.
     pub fn handles(dtype: GgmlDType, device: &Device) -> bool {
-        device.is_cpu()
-            && kernels() != Kernels::Candle
-            && matches!(
-                dtype,
-                GgmlDType::Q4_0
-                    | GgmlDType::Q4_1
-                    | GgmlDType::Q5_0
-                    | GgmlDType::Q8_0
-                    | GgmlDType::Q4K
-                    | GgmlDType::Q6K
-            )
+        device.is_cpu() && kernels() != Kernels::Candle && OWN_TYPES.contains(&dtype)
     }
 
     /// Output rows.
@@ -797,6 +797,22 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             assert_eq!(got, want, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn the_listed_types_are_the_ones_regrouped() {
+        use GgmlDType::*;
+        for dtype in [
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K,
+        ] {
+            let (n, k) = (8, 256);
+            let bytes = vec![0u8; n * k / dtype.block_size() * dtype.type_size()];
+            assert_eq!(
+                QWeight::from_bytes(dtype, &bytes, n, k).is_some(),
+                OWN_TYPES.contains(&dtype),
+                "{dtype:?}"
+            );
         }
     }
 
