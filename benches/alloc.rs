@@ -8,6 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pathos::engine::arch::transformer::Logits;
+use pathos::engine::generate::{GenerateRequest, generate};
+use pathos::engine::sampler::SamplingParams;
 use pathos::engine::kv_cache::KvCache;
 use pathos::engine::model::{LoadOptions, Model};
 use pathos::engine::registry::{Manifest, resolve_model};
@@ -108,5 +110,43 @@ fn main() {
     println!(
         "four sequences: {a:.0} allocations, {:.1} KiB per decode step",
         b / 1024.0
+    );
+
+    // The whole generation loop (sampling with the default settings, detokenization,
+    // stop strings, streaming): a 48-token run minus a 16-token run, per token.
+    let prompt = model.tokenizer.encode("Once upon a time", true).unwrap();
+    let mut run = |max_tokens: usize| {
+        let req = GenerateRequest {
+            prompt: prompt.clone(),
+            sampling: SamplingParams::default(),
+            max_tokens,
+            stop: vec!["THE END".into()],
+            constraint: None,
+            steering: None,
+            logprobs: None,
+        };
+        let mut session = model.new_session().unwrap();
+        let mut sink = |_: &str| true;
+        let (a0, b0) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
+        let g = generate(&model, &mut session, &req, &mut sink).unwrap();
+        let (a1, b1) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
+        (a1 - a0, b1 - b0, g.tokens.len())
+    };
+    run(16);
+    let (a16, b16, n16) = run(16);
+    let (a48, b48, n48) = run(48);
+    let per = (n48 - n16).max(1) as f64;
+    println!(
+        "generation loop: {:.1} allocations, {:.2} KiB per token ({} vs {} tokens)",
+        (a48 as f64 - a16 as f64) / per,
+        (b48 as f64 - b16 as f64) / per / 1024.0,
+        n48,
+        n16
     );
 }
