@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pathos::engine::arch::transformer::Logits;
 use pathos::engine::generate::{GenerateRequest, generate};
-use pathos::engine::sampler::SamplingParams;
 use pathos::engine::kv_cache::KvCache;
 use pathos::engine::model::{LoadOptions, Model};
 use pathos::engine::registry::{Manifest, resolve_model};
+use pathos::engine::sampler::SamplingParams;
 
 struct Counting;
 
@@ -115,7 +115,7 @@ fn main() {
     // The whole generation loop (sampling with the default settings, detokenization,
     // stop strings, streaming): a 48-token run minus a 16-token run, per token.
     let prompt = model.tokenizer.encode("Once upon a time", true).unwrap();
-    let mut run = |max_tokens: usize| {
+    let run = |max_tokens: usize| {
         let req = GenerateRequest {
             prompt: prompt.clone(),
             sampling: SamplingParams::default(),

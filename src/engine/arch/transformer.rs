@@ -1,6 +1,9 @@
-//! The decoder-only transformer all supported architectures share: plain functions over
-//! candle tensors, configured by [`ArchConfig`]. Weights are loaded once and shared
-//! (read-only) by every sequence; each call takes the sequence's own [`KvCache`].
+//! The decoder-only transformer all supported architectures share, configured by
+//! [`ArchConfig`]. Weights are loaded once and shared (read-only) by every sequence; each
+//! call takes the sequence's own [`KvCache`]. On the CPU a pass runs over host memory
+//! (plain slices in per-thread buffers, [`host_ops`], [`super::host_attention`]) and
+//! allocates nothing per decode step; on GPU devices it is a chain of candle tensor
+//! operations.
 
 use std::sync::Arc;
 
@@ -13,7 +16,7 @@ use super::{Activation, ArchConfig, RopeStyle};
 use crate::engine::error::{Error, Result};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv_cache::KvCache;
-use crate::engine::quant::{HostInput, Linear, QWeight, SharedInput};
+use crate::engine::quant::{HostInput, Linear, QWeight};
 
 thread_local! {
     /// The buffer a loading thread reads each weight's stored bytes into before
@@ -785,7 +788,9 @@ impl Transformer {
     }
 
     /// The final hidden states `[Σ tokens, n_embd]` of every sequence's new tokens,
-    /// sequences one after another; each cache takes its new keys and values.
+    /// sequences one after another, computed with candle tensor operations (GPU
+    /// devices; the CPU runs [`Self::hidden_host`]); each cache takes its new keys and
+    /// values.
     /// `observe` sees the residual stream after each layer (steering included).
     #[allow(clippy::type_complexity)]
     fn hidden(
@@ -845,8 +850,7 @@ impl Transformer {
         let eps = c.rms_eps as f32;
         let rows = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &l.attn_norm, eps)?;
-        let hs = SharedInput::new(&h);
-        let [q, k, v] = Linear::forward_many([&l.wq, &l.wk, &l.wv], &hs)?;
+        let (q, k, v) = (l.wq.forward(&h)?, l.wk.forward(&h)?, l.wv.forward(&h)?);
         let proj = |y: Tensor, b: &Option<Tensor>, heads: usize| -> Result<Tensor> {
             let y = match b {
                 Some(b) => y.broadcast_add(b)?,
@@ -879,8 +883,7 @@ impl Transformer {
         }
         let x = (x + o)?;
         let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-        let hs = SharedInput::new(&h);
-        let [gate, up] = Linear::forward_many([&l.w_gate, &l.w_up], &hs)?;
+        let (gate, up) = (l.w_gate.forward(&h)?, l.w_up.forward(&h)?);
         let gate = match c.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,

@@ -1,13 +1,15 @@
 //! Quantized matrix products on the CPU, for the weight types the supported models are
-//! mostly made of (Q4_0, Q4_1, Q5_0, Q8_0).
+//! made of (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K).
 //!
 //! candle multiplies Q4_1 and Q5_0 with portable scalar code and reads each weight row
 //! once per activation row. [`QWeight`] regroups the file's blocks eight rows at a time
-//! when the model loads ([`packed`]) and multiplies them with AVX2 where the CPU has it:
-//! eight rows' sums build up side by side in one register, and each group of blocks is
-//! unpacked once for up to four activation rows, so one pass over the weights serves a
-//! whole batch of sequences. Other types (the K-quants, where candle's kernels are
-//! already vectorized) and other devices stay with candle's `QMatMul`; [`Linear`] picks.
+//! when the model loads ([`packed`]; K-quant super-blocks are first split into 32-weight
+//! slices, [`kquants`]) and multiplies them with AVX2 where the CPU has it: eight rows'
+//! sums build up side by side in one register, and each group of blocks is unpacked
+//! once for up to four activation rows, so one pass over the weights serves a whole
+//! batch of sequences. Other types and other devices stay with candle's `QMatMul`;
+//! [`Linear`] picks. The CPU forward pass hands these products host memory
+//! ([`Linear::forward_host`]); the tensor interface ([`Module`]) serves the rest.
 
 pub mod blocks;
 pub mod kquants;
@@ -15,7 +17,6 @@ pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -595,84 +596,6 @@ impl<'a> HostInput<'a> {
             self.ready = true;
         }
         self.acts
-    }
-}
-
-/// An input several [`Linear`] layers read (the normed hidden state feeds the query,
-/// key and value projections, then the gate and up projections): quantized once, on
-/// first use, for all of them.
-pub struct SharedInput<'a> {
-    x: &'a Tensor,
-    acts: OnceCell<candle_core::Result<Activations>>,
-}
-
-impl<'a> SharedInput<'a> {
-    pub fn new(x: &'a Tensor) -> Self {
-        Self {
-            x,
-            acts: OnceCell::new(),
-        }
-    }
-
-    fn activations(&self) -> candle_core::Result<&Activations> {
-        self.acts
-            .get_or_init(|| {
-                let (_, k) = self.x.dims2()?;
-                let v = self.x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Activations::quantize(&v, k))
-            })
-            .as_ref()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-    }
-}
-
-impl Linear {
-    /// `x · Wᵀ` for each of several layers reading the same input (`[rows, k]`): one
-    /// dispatch over all their weights when pathos multiplies every one of them.
-    pub fn forward_many<const N: usize>(
-        layers: [&Linear; N],
-        input: &SharedInput<'_>,
-    ) -> candle_core::Result<[Tensor; N]> {
-        let fused = input.x.dtype() == candle_core::DType::F32 && input.x.rank() == 2;
-        let own = layers.map(|l| match l {
-            Self::Own(w) if fused => Some(w),
-            _ => None,
-        });
-        if own.iter().any(Option::is_none) {
-            let mut out = Vec::with_capacity(N);
-            for l in layers {
-                out.push(l.forward_shared(input)?);
-            }
-            return Ok(out.try_into().unwrap_or_else(|_| unreachable!("N outputs")));
-        }
-        let ws = own.map(|w| w.expect("checked above"));
-        let acts = input.activations()?;
-        if let Some(w) = ws.iter().find(|w| w.k != acts.k) {
-            candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
-        }
-        let mut dsts = ws.map(|w| vec![0f32; acts.rows * w.n]);
-        QWeight::matmul_many(ws, acts, dsts.each_mut().map(|d| d.as_mut_slice()));
-        let mut out = Vec::with_capacity(N);
-        for (d, w) in dsts.into_iter().zip(&ws) {
-            out.push(Tensor::from_vec(d, (acts.rows, w.n), input.x.device())?);
-        }
-        Ok(out.try_into().unwrap_or_else(|_| unreachable!("N outputs")))
-    }
-
-    /// `x · Wᵀ` for an input shared with other layers (`[rows, k]`).
-    pub fn forward_shared(&self, input: &SharedInput<'_>) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Own(w) if input.x.dtype() == candle_core::DType::F32 && input.x.rank() == 2 => {
-                let acts = input.activations()?;
-                if acts.k != w.k {
-                    candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
-                }
-                let mut dst = vec![0f32; acts.rows * w.n];
-                w.matmul_quantized(acts, &mut dst);
-                Tensor::from_vec(dst, (acts.rows, w.n), input.x.device())
-            }
-            _ => self.forward(input.x),
-        }
     }
 }
 
