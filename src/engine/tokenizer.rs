@@ -243,20 +243,44 @@ fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
         .collect()
 }
 
-fn string_array(gguf: &GgufFile, key: &str) -> Result<Vec<String>> {
+/// The strings of an array value, borrowed from the GGUF metadata: the vocabulary map
+/// makes the one owned copy of each token that `tokenizers` needs.
+fn str_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
     gguf.array(key)?
         .iter()
         .map(|v| {
             v.to_string()
-                .cloned()
+                .map(String::as_str)
                 .map_err(|_| Error::Tokenizer(format!("`{key}` holds a non-string")))
+        })
+        .collect()
+}
+
+/// Token text to id, built once in the hash map type `tokenizers` keeps, and used as is
+/// to derive SentencePiece merges before the BPE model takes it over. When a text occurs
+/// twice, the later id wins.
+fn vocab_map(tokens: &[&str]) -> Vocab {
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        vocab.insert((*t).to_string(), id as u32);
+    }
+    vocab
+}
+
+/// `tokenizer.ggml.merges` ("left right" per entry) as the pairs `tokenizers` takes.
+fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
+    str_array(gguf, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_string(), b.to_string())),
+            None => Err(Error::Tokenizer(format!("malformed merge `{m}`"))),
         })
         .collect()
 }
 
 fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let model = gguf.str("tokenizer.ggml.model")?;
-    let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+    let tokens = str_array(gguf, "tokenizer.ggml.tokens")?;
     let types: Vec<i64> = match gguf.array("tokenizer.ggml.token_type") {
         Ok(a) => a
             .iter()
@@ -264,22 +288,12 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             .collect(),
         Err(_) => vec![1; tokens.len()],
     };
-    let vocab: HashMap<String, u32> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = vocab_map(&tokens);
     let mut tok = match model {
         "gpt2" => {
-            let merges = string_array(gguf, "tokenizer.ggml.merges")?
-                .into_iter()
-                .map(|m| match m.split_once(' ') {
-                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                    None => Err(Error::Tokenizer(format!("malformed merge `{m}`"))),
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let merges = gpt2_merges(gguf)?;
             let bpe = BPE::builder()
-                .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+                .vocab_and_merges(vocab, merges)
                 .build()
                 .map_err(tok_err)?;
             let mut t = tokenizers::Tokenizer::new(bpe);
@@ -298,9 +312,10 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             let merges = merges_from_scores(&tokens, &scores, &vocab);
             let unk = gguf
                 .opt_u64("tokenizer.ggml.unknown_token_id")
-                .and_then(|u| tokens.get(u as usize).cloned());
+                .and_then(|u| tokens.get(u as usize))
+                .map(|u| u.to_string());
             let mut builder = BPE::builder()
-                .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+                .vocab_and_merges(vocab, merges)
                 .byte_fallback(true)
                 .fuse_unk(true);
             if let Some(unk) = unk {
@@ -344,7 +359,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .iter()
         .zip(&types)
         .filter(|(_, ty)| **ty == TYPE_CONTROL || **ty == TYPE_USER_DEFINED)
-        .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TYPE_CONTROL).normalized(false))
+        .map(|(t, ty)| AddedToken::from(*t, *ty == TYPE_CONTROL).normalized(false))
         .collect();
     tok.add_special_tokens(added).map_err(tok_err)?;
     Ok(tok)
@@ -384,11 +399,7 @@ fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
 /// SentencePiece merges recovered from a scored vocabulary: every way of writing a token
 /// as the concatenation of two tokens is a merge, ranked by the merged token's score
 /// (highest first), which is the order llama.cpp's SPM tokenizer merges in.
-fn merges_from_scores(
-    tokens: &[String],
-    scores: &[f32],
-    vocab: &HashMap<String, u32>,
-) -> Vec<(String, String)> {
+fn merges_from_scores(tokens: &[&str], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
     // (score, token id, split byte): strings are made only once the order is known.
     let mut merges: Vec<(f32, u32, usize)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
