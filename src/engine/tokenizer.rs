@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
-use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::models::bpe::{BPE, BpeBuilder, Vocab};
 use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -292,10 +293,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let mut tok = match model {
         "gpt2" => {
             let merges = gpt2_merges(gguf)?;
-            let bpe = BPE::builder()
-                .vocab_and_merges(vocab, merges)
-                .build()
-                .map_err(tok_err)?;
+            let bpe = build_bpe(BPE::builder().vocab_and_merges(vocab, merges))?;
             let mut t = tokenizers::Tokenizer::new(bpe);
             t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(
                 gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default"),
@@ -309,7 +307,13 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
                 .iter()
                 .map(|v| v.to_f32().unwrap_or(0.0))
                 .collect();
+            let t = Instant::now();
             let merges = merges_from_scores(&tokens, &scores, &vocab);
+            tracing::debug!(
+                merges = merges.len(),
+                elapsed = ?t.elapsed(),
+                "merges derived from scores"
+            );
             let unk = gguf
                 .opt_u64("tokenizer.ggml.unknown_token_id")
                 .and_then(|u| tokens.get(u as usize))
@@ -321,7 +325,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             if let Some(unk) = unk {
                 builder = builder.unk_token(unk);
             }
-            let bpe = builder.build().map_err(tok_err)?;
+            let bpe = build_bpe(builder)?;
             let mut t = tokenizers::Tokenizer::new(bpe);
             let add_prefix = gguf
                 .opt_bool("tokenizer.ggml.add_space_prefix")
@@ -363,6 +367,16 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .collect();
     tok.add_special_tokens(added).map_err(tok_err)?;
     Ok(tok)
+}
+
+/// Builds the BPE model: `tokenizers` looks up both halves and the result of every merge
+/// and indexes them by id. That is most of a large vocabulary's build time (Gemma 3 has
+/// 515k merges) and out of pathos's hands, so it is timed on its own.
+fn build_bpe(builder: BpeBuilder) -> Result<BPE> {
+    let t = Instant::now();
+    let bpe = builder.build().map_err(tok_err)?;
+    tracing::debug!(elapsed = ?t.elapsed(), "BPE model built");
+    Ok(bpe)
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
