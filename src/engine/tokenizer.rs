@@ -509,4 +509,30 @@ mod tests {
         assert_eq!(unsent("\0", "\u{FFFD}\u{FFFD}a"), "\u{FFFD}a");
         assert_eq!(unsent("é", "\u{FFFD}"), "");
     }
+
+    #[test]
+    fn vocab_map_keeps_the_last_id_of_a_repeated_text() {
+        let vocab = vocab_map(&["a", "b", "a"]);
+        assert_eq!(vocab.len(), 2);
+        assert_eq!(vocab.get("a"), Some(&2));
+        assert_eq!(vocab.get("b"), Some(&1));
+    }
+
+    #[test]
+    fn merges_from_scores_ranks_by_merged_score_then_id_then_split() {
+        let tokens = ["a", "b", "c", "\u{2581}", "ab", "bc", "abc", "\u{2581}a"];
+        let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -0.5, -3.0];
+        let merges = merges_from_scores(&tokens, &scores, &vocab_map(&tokens));
+        let pair = |l: &str, r: &str| (l.to_string(), r.to_string());
+        assert_eq!(
+            merges,
+            [
+                pair("a", "bc"),
+                pair("ab", "c"),
+                pair("a", "b"),
+                pair("b", "c"),
+                pair("\u{2581}", "a"),
+            ]
+        );
+    }
 }
