@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
-use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::models::bpe::{BPE, BpeBuilder, Vocab};
 use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -243,20 +244,44 @@ fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
         .collect()
 }
 
-fn string_array(gguf: &GgufFile, key: &str) -> Result<Vec<String>> {
+/// The strings of an array value, borrowed from the GGUF metadata: the vocabulary map
+/// makes the one owned copy of each token that `tokenizers` needs.
+fn str_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
     gguf.array(key)?
         .iter()
         .map(|v| {
             v.to_string()
-                .cloned()
+                .map(String::as_str)
                 .map_err(|_| Error::Tokenizer(format!("`{key}` holds a non-string")))
+        })
+        .collect()
+}
+
+/// Token text to id, built once in the hash map type `tokenizers` keeps, and used as is
+/// to derive SentencePiece merges before the BPE model takes it over. When a text occurs
+/// twice, the later id wins.
+fn vocab_map(tokens: &[&str]) -> Vocab {
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        vocab.insert((*t).to_string(), id as u32);
+    }
+    vocab
+}
+
+/// `tokenizer.ggml.merges` ("left right" per entry) as the pairs `tokenizers` takes.
+fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
+    str_array(gguf, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_string(), b.to_string())),
+            None => Err(Error::Tokenizer(format!("malformed merge `{m}`"))),
         })
         .collect()
 }
 
 fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let model = gguf.str("tokenizer.ggml.model")?;
-    let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+    let tokens = str_array(gguf, "tokenizer.ggml.tokens")?;
     let types: Vec<i64> = match gguf.array("tokenizer.ggml.token_type") {
         Ok(a) => a
             .iter()
@@ -264,24 +289,11 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             .collect(),
         Err(_) => vec![1; tokens.len()],
     };
-    let vocab: HashMap<String, u32> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = vocab_map(&tokens);
     let mut tok = match model {
         "gpt2" => {
-            let merges = string_array(gguf, "tokenizer.ggml.merges")?
-                .into_iter()
-                .map(|m| match m.split_once(' ') {
-                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                    None => Err(Error::Tokenizer(format!("malformed merge `{m}`"))),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let bpe = BPE::builder()
-                .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
-                .build()
-                .map_err(tok_err)?;
+            let merges = gpt2_merges(gguf)?;
+            let bpe = build_bpe(BPE::builder().vocab_and_merges(vocab, merges))?;
             let mut t = tokenizers::Tokenizer::new(bpe);
             t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(
                 gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default"),
@@ -295,18 +307,25 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
                 .iter()
                 .map(|v| v.to_f32().unwrap_or(0.0))
                 .collect();
+            let t = Instant::now();
             let merges = merges_from_scores(&tokens, &scores, &vocab);
+            tracing::debug!(
+                merges = merges.len(),
+                elapsed = ?t.elapsed(),
+                "merges derived from scores"
+            );
             let unk = gguf
                 .opt_u64("tokenizer.ggml.unknown_token_id")
-                .and_then(|u| tokens.get(u as usize).cloned());
+                .and_then(|u| tokens.get(u as usize))
+                .map(|u| u.to_string());
             let mut builder = BPE::builder()
-                .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+                .vocab_and_merges(vocab, merges)
                 .byte_fallback(true)
                 .fuse_unk(true);
             if let Some(unk) = unk {
                 builder = builder.unk_token(unk);
             }
-            let bpe = builder.build().map_err(tok_err)?;
+            let bpe = build_bpe(builder)?;
             let mut t = tokenizers::Tokenizer::new(bpe);
             let add_prefix = gguf
                 .opt_bool("tokenizer.ggml.add_space_prefix")
@@ -344,10 +363,20 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .iter()
         .zip(&types)
         .filter(|(_, ty)| **ty == TYPE_CONTROL || **ty == TYPE_USER_DEFINED)
-        .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TYPE_CONTROL).normalized(false))
+        .map(|(t, ty)| AddedToken::from(*t, *ty == TYPE_CONTROL).normalized(false))
         .collect();
     tok.add_special_tokens(added).map_err(tok_err)?;
     Ok(tok)
+}
+
+/// Builds the BPE model: `tokenizers` looks up both halves and the result of every merge
+/// and indexes them by id. That is most of a large vocabulary's build time (Gemma 3 has
+/// 515k merges) and out of pathos's hands, so it is timed on its own.
+fn build_bpe(builder: BpeBuilder) -> Result<BPE> {
+    let t = Instant::now();
+    let bpe = builder.build().map_err(tok_err)?;
+    tracing::debug!(elapsed = ?t.elapsed(), "BPE model built");
+    Ok(bpe)
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
@@ -384,11 +413,7 @@ fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
 /// SentencePiece merges recovered from a scored vocabulary: every way of writing a token
 /// as the concatenation of two tokens is a merge, ranked by the merged token's score
 /// (highest first), which is the order llama.cpp's SPM tokenizer merges in.
-fn merges_from_scores(
-    tokens: &[String],
-    scores: &[f32],
-    vocab: &HashMap<String, u32>,
-) -> Vec<(String, String)> {
+fn merges_from_scores(tokens: &[&str], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
     // (score, token id, split byte): strings are made only once the order is known.
     let mut merges: Vec<(f32, u32, usize)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
@@ -483,5 +508,31 @@ mod tests {
         // "\0" was sent; an invalid byte then turned the run into two U+FFFD.
         assert_eq!(unsent("\0", "\u{FFFD}\u{FFFD}a"), "\u{FFFD}a");
         assert_eq!(unsent("é", "\u{FFFD}"), "");
+    }
+
+    #[test]
+    fn vocab_map_keeps_the_last_id_of_a_repeated_text() {
+        let vocab = vocab_map(&["a", "b", "a"]);
+        assert_eq!(vocab.len(), 2);
+        assert_eq!(vocab.get("a"), Some(&2));
+        assert_eq!(vocab.get("b"), Some(&1));
+    }
+
+    #[test]
+    fn merges_from_scores_ranks_by_merged_score_then_id_then_split() {
+        let tokens = ["a", "b", "c", "\u{2581}", "ab", "bc", "abc", "\u{2581}a"];
+        let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -0.5, -3.0];
+        let merges = merges_from_scores(&tokens, &scores, &vocab_map(&tokens));
+        let pair = |l: &str, r: &str| (l.to_string(), r.to_string());
+        assert_eq!(
+            merges,
+            [
+                pair("a", "bc"),
+                pair("ab", "c"),
+                pair("a", "b"),
+                pair("b", "c"),
+                pair("\u{2581}", "a"),
+            ]
+        );
     }
 }
