@@ -688,18 +688,21 @@ fn a_full_disk_under_the_transcript_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let small = dir.path().join("small");
     std::fs::create_dir_all(&small).unwrap();
-    // A 16 KiB filesystem for transcripts; the server runs inside that mount namespace
+    // A 16 KiB filesystem for transcripts, filled before the server starts (how long a
+    // transcript is depends on what the model writes, so an empty small disk may or may
+    // not overflow); the server runs inside that mount namespace
     // and the test talks to it on its (private) loopback, raised first.
     let bin = env!("CARGO_BIN_EXE_pathos");
     let script = format!(
         r#"set -e
 ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null || true
 mount -t tmpfs -o size=16k tmpfs {small}
+head -c 65536 /dev/zero > {small}/filler 2>/dev/null || true
 PATHOS_JOURNAL={journal} {bin} -t 2 serve --port 18599 --transcript-dir {small} > {log} 2>&1 &
 pid=$!
 for i in $(seq 1 100); do grep -q listening {log} && break; sleep 0.2; done
 curl -sN http://127.0.0.1:18599/v1/pathos/rewrite -H 'content-type: application/json' -d '{body}'
-echo; echo "files: $(ls -A {small} | wc -l)"
+echo; echo "files: $(ls -A {small} | grep -vx filler | wc -l)"
 kill $pid"#,
         small = small.display(),
         journal = dir.path().join("journal").display(),
