@@ -678,14 +678,7 @@ mod tests {
 
     #[test]
     fn matmul_matches_dequantized_reference() {
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q6K,
-        ] {
+        for dtype in OWN_TYPES {
             check(dtype);
         }
     }
@@ -694,14 +687,7 @@ mod tests {
     fn dequantize_matches_candle() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (19, 256), &dev).unwrap();
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q6K,
-        ] {
+        for dtype in OWN_TYPES {
             let t = QTensor::quantize(&w, dtype).unwrap();
             let want: Vec<f32> = t
                 .dequantize(&dev)
