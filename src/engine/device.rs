@@ -25,8 +25,17 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
-fn hint(e: candle_core::Error, feature: &str) -> String {
+fn hint(mut e: candle_core::Error, feature: &str) -> String {
+    // candle attaches a captured backtrace to device errors; a user needs the reason.
+    while let candle_core::Error::WithBacktrace { inner, .. } = e {
+        e = *inner;
+    }
     let msg = e.to_string();
+    if msg.contains("CUDA_ERROR_NO_DEVICE") {
+        return "no CUDA-capable GPU is visible to this process (check the driver, \
+                `nvidia-smi` and CUDA_VISIBLE_DEVICES)"
+            .into();
+    }
     if msg.contains("not compiled") || msg.contains("feature") {
         format!("this build has no {feature} support; rebuild with `--features {feature}`")
     } else {
@@ -57,5 +66,15 @@ mod tests {
                 .contains("expected cpu")
         );
         assert!(parse_device("cuda:x").is_err());
+    }
+
+    #[test]
+    fn device_errors_lose_their_backtrace() {
+        let inner = candle_core::Error::Msg("no such device".into());
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(hint(e, "cuda"), "no such device");
     }
 }
