@@ -69,18 +69,39 @@ impl KvCache {
                 v: (0..n_layer).map(|_| alloc()).collect(),
             }
         } else {
-            let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), DType::F16, device);
-            Store::Device {
+            return Self::new_tensor_store(n_layer, n_head_kv, head_dim, capacity, device);
+        };
+        Ok(Self {
+            store,
+            steering: None,
+            len: 0,
+            capacity,
+            n_head_kv,
+            head_dim,
+        })
+    }
+
+    /// A cache in the form GPU devices use (f16 tensors) wherever `device` is, so the
+    /// tensor forward pass can be checked against the host one on a machine without a
+    /// GPU. Not for generation on the CPU: it is slower there.
+    #[doc(hidden)]
+    pub fn new_tensor_store(
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), DType::F16, device);
+        Ok(Self {
+            store: Store::Device {
                 k: (0..n_layer)
                     .map(|_| alloc())
                     .collect::<candle_core::Result<_>>()?,
                 v: (0..n_layer)
                     .map(|_| alloc())
                     .collect::<candle_core::Result<_>>()?,
-            }
-        };
-        Ok(Self {
-            store,
+            },
             steering: None,
             len: 0,
             capacity,

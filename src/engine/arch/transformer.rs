@@ -435,6 +435,19 @@ impl Transformer {
         )
     }
 
+    /// A cache in the GPU form (see [`KvCache::new_tensor_store`]): a pass over it runs
+    /// the tensor forward pass even on the CPU, to check that pass without a GPU.
+    #[doc(hidden)]
+    pub fn new_tensor_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new_tensor_store(
+            self.cfg.n_layer,
+            self.cfg.n_head_kv,
+            self.cfg.head_dim,
+            capacity.min(self.max_positions()),
+            &self.device,
+        )
+    }
+
     /// Width of the logits: the embedding table's rows, which may exceed the
     /// tokenizer's vocabulary (padding rows).
     pub fn vocab_size(&self) -> usize {
