@@ -61,24 +61,16 @@ impl KvCache {
         capacity: usize,
         device: &Device,
     ) -> Result<Self> {
-        let store = if device.is_cpu() {
-            lazy_zero_pages();
-            let alloc = || vec![0f32; n_head_kv * capacity * head_dim];
-            Store::Host {
-                k: (0..n_layer).map(|_| alloc()).collect(),
-                v: (0..n_layer).map(|_| alloc()).collect(),
-            }
-        } else {
+        if !device.is_cpu() {
             return Self::new_tensor_store(n_layer, n_head_kv, head_dim, capacity, device);
+        }
+        lazy_zero_pages();
+        let alloc = || vec![0f32; n_head_kv * capacity * head_dim];
+        let store = Store::Host {
+            k: (0..n_layer).map(|_| alloc()).collect(),
+            v: (0..n_layer).map(|_| alloc()).collect(),
         };
-        Ok(Self {
-            store,
-            steering: None,
-            len: 0,
-            capacity,
-            n_head_kv,
-            head_dim,
-        })
+        Ok(Self::with_store(store, capacity, n_head_kv, head_dim))
     }
 
     /// A cache in the form GPU devices use (f16 tensors) wherever `device` is, so the
@@ -93,21 +85,26 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self> {
         let alloc = || Tensor::zeros((n_head_kv, capacity, head_dim), DType::F16, device);
-        Ok(Self {
-            store: Store::Device {
-                k: (0..n_layer)
-                    .map(|_| alloc())
-                    .collect::<candle_core::Result<_>>()?,
-                v: (0..n_layer)
-                    .map(|_| alloc())
-                    .collect::<candle_core::Result<_>>()?,
-            },
+        let store = Store::Device {
+            k: (0..n_layer)
+                .map(|_| alloc())
+                .collect::<candle_core::Result<_>>()?,
+            v: (0..n_layer)
+                .map(|_| alloc())
+                .collect::<candle_core::Result<_>>()?,
+        };
+        Ok(Self::with_store(store, capacity, n_head_kv, head_dim))
+    }
+
+    fn with_store(store: Store, capacity: usize, n_head_kv: usize, head_dim: usize) -> Self {
+        Self {
+            store,
             steering: None,
             len: 0,
             capacity,
             n_head_kv,
             head_dim,
-        })
+        }
     }
 
     /// Positions filled so far (the position of the next token).

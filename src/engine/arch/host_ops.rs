@@ -14,6 +14,7 @@ use crate::engine::quant::Activations;
 /// Working memory of one forward pass, reused by the next: sized for the largest batch
 /// seen (row counts of decode steps; a long prompt gets buffers of its own, see
 /// [`Scratch::keeps`]).
+#[derive(Default)]
 pub struct Scratch {
     pub tokens: Vec<u32>,
     pub spans: Vec<Span>,
@@ -31,25 +32,6 @@ pub struct Scratch {
     pub gate: Vec<f32>,
     pub up: Vec<f32>,
     pub acts: Activations,
-}
-
-impl Default for Scratch {
-    fn default() -> Self {
-        Self {
-            tokens: Vec::new(),
-            spans: Vec::new(),
-            x: Vec::new(),
-            h: Vec::new(),
-            q: Vec::new(),
-            k: Vec::new(),
-            v: Vec::new(),
-            att: Vec::new(),
-            o: Vec::new(),
-            gate: Vec::new(),
-            up: Vec::new(),
-            acts: Activations::empty(),
-        }
-    }
 }
 
 /// Widths of the buffers per row.

@@ -60,6 +60,7 @@ struct Layer {
 }
 
 /// A layer's vectors (norm weights, biases) in host memory; empty off the CPU.
+#[derive(Default)]
 struct HostVectors {
     attn_norm: Vec<f32>,
     bq: Option<Vec<f32>>,
@@ -83,26 +84,19 @@ fn host_values(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 impl HostVectors {
-    fn of(
-        attn_norm: &Tensor,
-        biases: [&Option<Tensor>; 3],
-        q_norm: &Option<Tensor>,
-        k_norm: &Option<Tensor>,
-        post_attn_norm: &Option<Tensor>,
-        ffn_norm: &Tensor,
-        post_ffn_norm: &Option<Tensor>,
-    ) -> Result<Self> {
+    /// The plain values of `l`'s vector tensors.
+    fn of(l: &Layer) -> Result<Self> {
         let opt = |t: &Option<Tensor>| t.as_ref().map(host_values).transpose();
         Ok(Self {
-            attn_norm: host_values(attn_norm)?,
-            bq: opt(biases[0])?,
-            bk: opt(biases[1])?,
-            bv: opt(biases[2])?,
-            q_norm: opt(q_norm)?,
-            k_norm: opt(k_norm)?,
-            post_attn_norm: opt(post_attn_norm)?,
-            ffn_norm: host_values(ffn_norm)?,
-            post_ffn_norm: opt(post_ffn_norm)?,
+            attn_norm: host_values(&l.attn_norm)?,
+            bq: opt(&l.bq)?,
+            bk: opt(&l.bk)?,
+            bv: opt(&l.bv)?,
+            q_norm: opt(&l.q_norm)?,
+            k_norm: opt(&l.k_norm)?,
+            post_attn_norm: opt(&l.post_attn_norm)?,
+            ffn_norm: host_values(&l.ffn_norm)?,
+            post_ffn_norm: opt(&l.post_ffn_norm)?,
         })
     }
 }
@@ -132,6 +126,31 @@ pub struct Transformer {
     /// One per distinct RoPE base, `[context_length, head_dim / 2]`.
     rope_tables: Vec<RopeTables>,
     device: Device,
+}
+
+/// Lays the new tokens of every sequence one after another into `tokens` and records
+/// where each sequence's rows are and at which position they start, checking each has
+/// tokens and room in its cache. Both forward passes start here.
+fn gather(
+    seqs: &[(&[u32], &mut KvCache)],
+    tokens: &mut Vec<u32>,
+    spans: &mut Vec<Span>,
+) -> Result<()> {
+    tokens.clear();
+    spans.clear();
+    for (new, cache) in seqs {
+        if new.is_empty() {
+            return Err(Error::InvalidSampling("no tokens to process".into()));
+        }
+        cache.check_room(new.len())?;
+        spans.push(Span {
+            first: tokens.len(),
+            t: new.len(),
+            pos: cache.len(),
+        });
+        tokens.extend_from_slice(new);
+    }
+    Ok(())
 }
 
 /// Runs `f` with this thread's kept forward-pass buffers when a pass of `rows` rows may
@@ -336,45 +355,29 @@ impl Transformer {
             .collect();
         let layer = |i: usize| -> Result<Layer> {
             let p = |s: &str| format!("blk.{i}.{s}");
-            let attn_norm = dense(&p("attn_norm.weight"), n_embd)?;
-            let bq = opt_dense(&p("attn_q.bias"), q_rows)?;
-            let bk = opt_dense(&p("attn_k.bias"), kv_rows)?;
-            let bv = opt_dense(&p("attn_v.bias"), kv_rows)?;
-            let q_norm = opt_dense(&p("attn_q_norm.weight"), head_dim)?;
-            let k_norm = opt_dense(&p("attn_k_norm.weight"), head_dim)?;
-            let post_attn_norm = opt_dense(&p("post_attention_norm.weight"), n_embd)?;
-            let ffn_norm = dense(&p("ffn_norm.weight"), n_embd)?;
-            let post_ffn_norm = opt_dense(&p("post_ffw_norm.weight"), n_embd)?;
-            let host = HostVectors::of(
-                &attn_norm,
-                [&bq, &bk, &bv],
-                &q_norm,
-                &k_norm,
-                &post_attn_norm,
-                &ffn_norm,
-                &post_ffn_norm,
-            )?;
-            Ok(Layer {
-                attn_norm,
+            let mut layer = Layer {
+                attn_norm: dense(&p("attn_norm.weight"), n_embd)?,
                 wq: mm(&p("attn_q.weight"), q_rows, n_embd)?,
                 wk: mm(&p("attn_k.weight"), kv_rows, n_embd)?,
                 wv: mm(&p("attn_v.weight"), kv_rows, n_embd)?,
                 wo: mm(&p("attn_output.weight"), n_embd, q_rows)?,
-                bq,
-                bk,
-                bv,
-                q_norm,
-                k_norm,
-                post_attn_norm,
-                ffn_norm,
+                bq: opt_dense(&p("attn_q.bias"), q_rows)?,
+                bk: opt_dense(&p("attn_k.bias"), kv_rows)?,
+                bv: opt_dense(&p("attn_v.bias"), kv_rows)?,
+                q_norm: opt_dense(&p("attn_q_norm.weight"), head_dim)?,
+                k_norm: opt_dense(&p("attn_k_norm.weight"), head_dim)?,
+                post_attn_norm: opt_dense(&p("post_attention_norm.weight"), n_embd)?,
+                ffn_norm: dense(&p("ffn_norm.weight"), n_embd)?,
                 w_gate: mm(&p("ffn_gate.weight"), n_ff, n_embd)?,
                 w_up: mm(&p("ffn_up.weight"), n_ff, n_embd)?,
                 w_down: mm(&p("ffn_down.weight"), n_embd, n_ff)?,
-                post_ffn_norm,
+                post_ffn_norm: opt_dense(&p("post_ffw_norm.weight"), n_embd)?,
                 rope: ropes[i],
                 sliding_window: cfg.layers[i].sliding_window,
-                host,
-            })
+                host: HostVectors::default(),
+            };
+            layer.host = HostVectors::of(&layer)?;
+            Ok(layer)
         };
         // Regrouping the weights is CPU work proportional to the model: two threads take
         // half the layers each (start-up time is a target; the tokenizer is built on a
@@ -578,20 +581,7 @@ impl Transformer {
     ) -> Result<()> {
         let c = &self.cfg;
         let n = c.n_embd;
-        s.tokens.clear();
-        s.spans.clear();
-        for (tokens, cache) in seqs.iter() {
-            if tokens.is_empty() {
-                return Err(Error::InvalidSampling("no tokens to process".into()));
-            }
-            cache.check_room(tokens.len())?;
-            s.spans.push(Span {
-                first: s.tokens.len(),
-                t: tokens.len(),
-                pos: cache.len(),
-            });
-            s.tokens.extend_from_slice(tokens);
-        }
+        gather(seqs, &mut s.tokens, &mut s.spans)?;
         let rows = s.tokens.len();
         s.size(
             rows,
@@ -775,7 +765,7 @@ impl Transformer {
         &self,
         x: Tensor,
         layer: usize,
-        spans: &[(usize, usize, usize)],
+        spans: &[Span],
         seqs: &[(&[u32], &mut KvCache)],
     ) -> Result<Tensor> {
         let adds: Vec<Option<&Tensor>> = seqs
@@ -790,7 +780,7 @@ impl Transformer {
                 let parts = spans
                     .iter()
                     .zip(&adds)
-                    .map(|(&(_, t, _), add)| match add {
+                    .map(|(&Span { t, .. }, add)| match add {
                         Some(v) => v.unsqueeze(0)?.broadcast_as((t, n_embd))?.contiguous(),
                         None => Tensor::zeros((t, n_embd), x.dtype(), x.device()),
                     })
@@ -811,16 +801,8 @@ impl Transformer {
         seqs: &mut [(&[u32], &mut KvCache)],
         mut observe: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
     ) -> Result<Tensor> {
-        let mut all = Vec::new();
-        let mut spans = Vec::with_capacity(seqs.len());
-        for (tokens, cache) in seqs.iter() {
-            if tokens.is_empty() {
-                return Err(Error::InvalidSampling("no tokens to process".into()));
-            }
-            cache.check_room(tokens.len())?;
-            spans.push((all.len(), tokens.len(), cache.len()));
-            all.extend_from_slice(tokens);
-        }
+        let (mut all, mut spans) = (Vec::new(), Vec::with_capacity(seqs.len()));
+        gather(seqs, &mut all, &mut spans)?;
         let mut x = match (&self.embed, &self.output) {
             (Embeddings::Candle(table), _) => {
                 table.embedding(&Tensor::new(all.as_slice(), &self.device)?)?
@@ -856,7 +838,7 @@ impl Transformer {
         l: &Layer,
         li: usize,
         x: &Tensor,
-        spans: &[(usize, usize, usize)],
+        spans: &[Span],
         seqs: &mut [(&[u32], &mut KvCache)],
     ) -> Result<Tensor> {
         let c = &self.cfg;
@@ -881,7 +863,7 @@ impl Transformer {
             k = candle_nn::ops::rms_norm(&k, n, eps)?;
         }
         let mut outs = Vec::with_capacity(spans.len());
-        for (&(first, t, pos), (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
+        for (&Span { first, t, pos }, (_, cache)) in spans.iter().zip(seqs.iter_mut()) {
             let one = |a: &Tensor| a.narrow(0, first, t);
             outs.push(self.attention(l, li, &one(&q)?, &one(&k)?, &one(&v)?, pos, cache)?);
         }

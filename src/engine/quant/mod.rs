@@ -187,6 +187,7 @@ impl QWeight {
 }
 
 /// Activation rows quantized to 8 bits, the form the kernels multiply.
+#[derive(Default)]
 pub struct Activations {
     rows: usize,
     k: usize,
@@ -196,18 +197,9 @@ pub struct Activations {
 impl Activations {
     /// Quantizes the rows of `x` (`k` values each; `k` a multiple of 32).
     pub fn quantize(x: &[f32], k: usize) -> Self {
-        let mut acts = Self::empty();
+        let mut acts = Self::default();
         acts.quantize_from(x, k);
         acts
-    }
-
-    /// No rows yet: a buffer for [`Self::quantize_from`] to fill again and again.
-    pub fn empty() -> Self {
-        Self {
-            rows: 0,
-            k: 0,
-            blocks: Vec::new(),
-        }
     }
 
     /// Replaces the rows with those of `x` quantized (`k` values each; `k` a multiple
@@ -225,11 +217,6 @@ impl Activations {
         }
         self.rows = rows;
         self.k = k;
-    }
-
-    /// Input width.
-    pub fn cols(&self) -> usize {
-        self.k
     }
 }
 
@@ -496,15 +483,6 @@ impl Linear {
             return Ok(Self::Own(w));
         }
         Ok(Self::Candle(QMatMul::from_arc(t)?))
-    }
-
-    /// Output width.
-    pub fn rows(&self) -> candle_core::Result<usize> {
-        match self {
-            Self::Own(w) => Ok(w.n),
-            Self::Candle(QMatMul::QTensor(t)) => Ok(t.shape().dims2()?.0),
-            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.dims2()?.0),
-        }
     }
 
     /// `dst = x · Wᵀ` over host memory (`dst`: `[rows, n]`). candle's layers go
