@@ -244,19 +244,6 @@ fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
         .collect()
 }
 
-/// The strings of an array value, borrowed from the GGUF metadata: the vocabulary map
-/// makes the one owned copy of each token that `tokenizers` needs.
-fn str_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
-    gguf.array(key)?
-        .iter()
-        .map(|v| {
-            v.to_string()
-                .map(String::as_str)
-                .map_err(|_| Error::Tokenizer(format!("`{key}` holds a non-string")))
-        })
-        .collect()
-}
-
 /// Token text to id, built once in the hash map type `tokenizers` keeps, and used as is
 /// to derive SentencePiece merges before the BPE model takes it over. When a text occurs
 /// twice, the later id wins.
@@ -270,7 +257,7 @@ fn vocab_map(tokens: &[&str]) -> Vocab {
 
 /// `tokenizer.ggml.merges` ("left right" per entry) as the pairs `tokenizers` takes.
 fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
-    str_array(gguf, "tokenizer.ggml.merges")?
+    gguf.str_array("tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| match m.split_once(' ') {
             Some((a, b)) => Ok((a.to_string(), b.to_string())),
@@ -281,14 +268,10 @@ fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
 
 fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let model = gguf.str("tokenizer.ggml.model")?;
-    let tokens = str_array(gguf, "tokenizer.ggml.tokens")?;
-    let types: Vec<i64> = match gguf.array("tokenizer.ggml.token_type") {
-        Ok(a) => a
-            .iter()
-            .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
-            .collect(),
-        Err(_) => vec![1; tokens.len()],
-    };
+    let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
+    let types: Vec<i64> = gguf
+        .int_array("tokenizer.ggml.token_type")
+        .unwrap_or_else(|_| vec![1; tokens.len()]);
     let vocab = vocab_map(&tokens);
     let mut tok = match model {
         "gpt2" => {
@@ -302,11 +285,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             t
         }
         "llama" => {
-            let scores: Vec<f32> = gguf
-                .array("tokenizer.ggml.scores")?
-                .iter()
-                .map(|v| v.to_f32().unwrap_or(0.0))
-                .collect();
+            let scores = gguf.f32_array("tokenizer.ggml.scores")?;
             let t = Instant::now();
             let merges = merges_from_scores(&tokens, &scores, &vocab);
             tracing::debug!(

@@ -70,7 +70,8 @@ fn read_everything(path: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
         clean("info", &e)?;
     }
     for k in KEYS {
-        let _ = (g.str(k), g.u64(k), g.f64(k), g.array(k), g.opt_bool(k));
+        let _ = (g.str(k), g.u64(k), g.f64(k), g.opt_bool(k), g.array_len(k));
+        let _ = (g.str_array(k), g.int_array(k), g.f32_array(k));
     }
     for name in TENSOR_NAMES {
         if g.has_tensor(name)

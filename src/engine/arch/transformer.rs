@@ -19,9 +19,6 @@ use crate::engine::kv_cache::KvCache;
 use crate::engine::quant::{HostInput, Linear, QWeight};
 
 thread_local! {
-    /// The buffer a loading thread reads each weight's stored bytes into before
-    /// regrouping them (see [`Transformer::load`]).
-    static LOAD_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The buffers of the CPU forward pass on this thread, kept between decode steps.
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
@@ -222,16 +219,14 @@ impl Transformer {
             }
             Ok(t)
         };
-        // Weights pathos multiplies itself are read into a reused buffer (one per loading
-        // thread) and regrouped from there: no intermediate candle tensor, no fresh pages
-        // per tensor.
+        // Weights pathos multiplies itself are regrouped straight from the mapped file:
+        // no intermediate candle tensor, no copy through a buffer.
         let own = |name: &str, rows: usize, cols: usize| -> Result<Option<QWeight>> {
             match gguf.tensor_info(name) {
                 Some((dtype, _)) if QWeight::handles(dtype, device) => {}
                 _ => return Ok(None),
             }
-            let read = |bytes: &mut Vec<u8>| -> Result<Option<QWeight>> {
-                let (dtype, dims) = gguf.tensor_bytes_into(name, bytes)?;
+            gguf.with_tensor_data(name, |dtype, dims, bytes| {
                 if dims != [rows, cols] {
                     return Err(Error::CorruptGguf {
                         path: gguf.path().to_path_buf(),
@@ -247,15 +242,7 @@ impl Transformer {
                         path: gguf.path().to_path_buf(),
                         detail: format!("tensor `{name}` has the wrong size for its type"),
                     })
-            };
-            // The embedding table (tens to hundreds of MB, read first) gets a buffer of
-            // its own, freed once it is regrouped, so the shared one stays layer-sized and
-            // peak memory stays the model plus a layer's weight per loading thread.
-            if name == "token_embd.weight" || name == "output.weight" {
-                read(&mut Vec::new())
-            } else {
-                LOAD_BUFFER.with_borrow_mut(read)
-            }
+            })
         };
         let mm = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
             match own(name, rows, cols)? {
@@ -297,8 +284,6 @@ impl Transformer {
                 });
             }
         };
-        // The largest tensors first: each is read through a temporary buffer, and that
-        // transient copy costs least before the rest of the model is resident.
         // Tied embeddings: the output projection shares the embedding matrix (one copy),
         // and token rows are read from it when pathos multiplies it.
         let tied_own = if gguf.has_tensor("output.weight") {
@@ -391,7 +376,6 @@ impl Transformer {
             layers.extend(back?);
             Ok(layers)
         });
-        LOAD_BUFFER.with_borrow_mut(|b| *b = Vec::new());
         let layers = layers?;
         let n_pos = max_positions.min(cfg.context_length).max(1);
         let rope_tables = thetas

@@ -120,11 +120,12 @@ impl Interleaved for Q4_1x8 {
 impl Interleaved for Q5_0x8 {
     type Block = BlockQ5_0;
     fn pack(rows: &[BlockQ5_0; ROWS]) -> Self {
+        // Bits 4i..4i + 4 of each row's fifth bits go to nibble r of `qh[i]`.
         let mut qh = [0u32; ROWS];
         for (r, b) in rows.iter().enumerate() {
             let bits = u32::from_le_bytes(b.qh);
-            for j in 0..32 {
-                qh[j / 4] |= ((bits >> j) & 1) << (r * 4 + j % 4);
+            for (i, q) in qh.iter_mut().enumerate() {
+                *q |= ((bits >> (4 * i)) & 0xF) << (4 * r);
             }
         }
         Self {
@@ -222,24 +223,29 @@ fn group_rows<G: Interleaved>(
     kb: usize,
     block: impl Fn(usize, usize) -> G::Block + Sync,
 ) -> Vec<G> {
+    if kb == 0 {
+        return Vec::new();
+    }
     let groups = n.div_ceil(ROWS);
     let mut out: Vec<G> = Vec::with_capacity(groups * kb);
     super::blocks::prefer_huge_pages(
         out.as_mut_ptr() as *mut u8,
         groups * kb * std::mem::size_of::<G>(),
     );
+    // Group by group, block by block: no division per slot to find its row and block.
     let fill = |first: usize, dst: &mut [std::mem::MaybeUninit<G>]| {
-        for (i, slot) in dst.iter_mut().enumerate() {
-            let (g, b) = (first + i / kb, i % kb);
-            let rows = std::array::from_fn(|r| {
-                let row = g * ROWS + r;
-                if row < n {
-                    block(row, b)
-                } else {
-                    <G::Block as WeightBlock>::ZERO
-                }
-            });
-            slot.write(G::pack(&rows));
+        for (j, group) in dst.chunks_exact_mut(kb).enumerate() {
+            let rows0 = (first + j) * ROWS;
+            for (b, slot) in group.iter_mut().enumerate() {
+                let rows = std::array::from_fn(|r| {
+                    if rows0 + r < n {
+                        block(rows0 + r, b)
+                    } else {
+                        <G::Block as WeightBlock>::ZERO
+                    }
+                });
+                slot.write(G::pack(&rows));
+            }
         }
     };
     let spare = &mut out.spare_capacity_mut()[..groups * kb];
