@@ -196,7 +196,7 @@ fn run_prefix(model: &Model, prefix: usize, agents: usize, share: bool) -> Resul
         let (first, rest) = sessions.split_first_mut().expect("at least one agent");
         model
             .transformer
-            .forward(&prompts[0][..prefix], &mut first.cache, Logits::Last)?;
+            .prefill(&mut [(&prompts[0][..prefix], &mut first.cache)])?;
         for s in rest {
             s.cache.copy_prefix(&first.cache, prefix)?;
         }

@@ -139,7 +139,7 @@ pub(crate) fn share_prefixes(
             base = j + 1;
         }
         let t0 = std::time::Instant::now();
-        model.transformer.forward_batch(&mut batch)?;
+        model.transformer.prefill(&mut batch)?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         for &(j, cached) in &starts {
             sessions[j].set_tokens(&prompts[j][..need[j]]);

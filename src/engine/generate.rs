@@ -407,6 +407,9 @@ pub fn step(model: &Model, seqs: &mut [&mut Sequence]) -> Result<()> {
     for s in seqs.iter_mut().filter(|s| !s.done && s.sink.cancelled()) {
         s.cancel();
     }
+    if seqs.iter().all(|s| s.done) {
+        return Ok(());
+    }
     let t0 = Instant::now();
     let mut logits = STEP_LOGITS.take();
     {
@@ -415,9 +418,6 @@ pub fn step(model: &Model, seqs: &mut [&mut Sequence]) -> Result<()> {
             .filter(|s| !s.done)
             .map(|s| (s.feed.as_slice(), &mut s.session.cache))
             .collect();
-        if batch.is_empty() {
-            return Ok(());
-        }
         model
             .transformer
             .forward_batch_into(&mut batch, &mut logits)?;

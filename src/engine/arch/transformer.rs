@@ -485,6 +485,17 @@ impl Transformer {
         self.logits(&x)
     }
 
+    /// Runs several sequences' continuations through the layers only, filling their
+    /// caches: for a shared prompt prefix, whose logits nobody samples from, so the
+    /// output projection (the largest matrix of a small model) is skipped.
+    pub fn prefill(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<()> {
+        if self.on_host(seqs) {
+            let rows = seqs.iter().map(|(t, _)| t.len()).sum();
+            return with_scratch(rows, |s| self.hidden_host(seqs, None, s));
+        }
+        self.hidden(seqs, None).map(drop)
+    }
+
     /// [`Self::forward_batch`] writing the logits into `logits` (`[sequences, vocab]`,
     /// resized): the decode step's form. On the CPU it allocates nothing once its
     /// buffers have grown to the batch (see [`host_ops`]).
