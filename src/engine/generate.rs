@@ -15,7 +15,7 @@ use super::kv_cache::KvCache;
 use super::model::{Model, Session};
 use super::sampler::{Sampler, SamplingParams};
 use super::stop::StopBuffer;
-use super::tokenizer::StreamDecoder;
+use super::stream_decode::StreamDecoder;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -203,9 +203,9 @@ impl Decoding {
         }
         self.generated.push(next);
         if let Some(delta) = self.decoder.push(&model.tokenizer, next)? {
-            let r = self.stops.push(&delta);
-            self.text.push_str(&r.text);
-            if !sink.text(&r.text) {
+            let r = self.stops.push(delta);
+            self.text.push_str(r.text);
+            if !sink.text(r.text) {
                 self.finish = Some(FinishReason::Cancelled);
                 return Ok(None);
             }
@@ -237,11 +237,11 @@ impl Decoding {
         if matches!(finish, FinishReason::Length | FinishReason::Eos) {
             let mut rest = match self.decoder.flush(&model.tokenizer)? {
                 Some(d) => {
-                    let r = self.stops.push(&d);
+                    let r = self.stops.push(d);
                     if r.stopped {
                         finish = FinishReason::Stop;
                     }
-                    r.text
+                    r.text.to_string()
                 }
                 None => String::new(),
             };
@@ -482,6 +482,15 @@ pub fn generate_all(
     generate_batch(model, &mut jobs)
 }
 
+/// An empty list of batch entries with the allocation of `v`, free of its borrows: the
+/// entries are dropped, and collecting an iterator of none in place reuses the buffer.
+fn recycle<'b>(mut v: Vec<(&[u32], &mut KvCache)>) -> Vec<(&'b [u32], &'b mut KvCache)> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the list was cleared"))
+        .collect()
+}
+
 /// Generates a reply for every job together: the prompts are processed as one batch,
 /// then each step decodes one token of every sequence still running in one forward pass,
 /// so the weights are read once per step for all of them. A sequence that ends leaves
@@ -523,11 +532,15 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
         st.started = Instant::now();
     }
 
-    // Decoding: `active` holds the jobs still running, in job order.
+    // Decoding: `active` holds the jobs still running, in job order. The step's lists
+    // are kept from step to step (a step allocates nothing once they have grown).
     let mut active: Vec<usize> = (0..jobs.len()).collect();
+    let mut still = Vec::with_capacity(active.len());
+    let mut next = Vec::with_capacity(active.len());
+    let mut spare: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(active.len());
     while !active.is_empty() {
-        let mut next = Vec::with_capacity(active.len());
-        let mut still = Vec::with_capacity(active.len());
+        next.clear();
+        still.clear();
         for (&i, row) in active.iter().zip(logits.chunks_exact_mut(vocab)) {
             let job = &mut jobs[i];
             if let Some(tok) = states[i].step(model, row, job.session, job.req, job.sink)? {
@@ -535,11 +548,11 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
                 still.push(i);
             }
         }
-        active = still;
+        std::mem::swap(&mut active, &mut still);
         if active.is_empty() {
             break;
         }
-        let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(active.len());
+        let mut batch = recycle(spare);
         let mut rest: &mut [Job<'_>] = jobs;
         let mut base = 0;
         for (&i, tok) in active.iter().zip(&next) {
@@ -550,6 +563,7 @@ pub fn generate_batch(model: &Model, jobs: &mut [Job<'_>]) -> Result<Vec<Generat
             base = i + 1;
         }
         tf.forward_batch_into(&mut batch, &mut logits)?;
+        spare = recycle(batch);
         for (&i, tok) in active.iter().zip(&next) {
             jobs[i].session.tokens.push(tok[0]);
         }

@@ -21,6 +21,7 @@ pub mod sampler;
 pub mod score;
 pub mod steering;
 pub mod stop;
+pub mod stream_decode;
 pub mod template;
 pub mod tokenizer;
 

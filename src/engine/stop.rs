@@ -9,13 +9,15 @@
 pub struct StopBuffer {
     stops: Vec<String>,
     pending: String,
+    /// The text of the latest release (kept, so releasing allocates nothing).
+    released: String,
 }
 
 /// What [`StopBuffer::push`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Released {
+pub struct Released<'a> {
     /// Text safe to print.
-    pub text: String,
+    pub text: &'a str,
     /// A stop string was reached; `text` ends just before it.
     pub stopped: bool,
 }
@@ -26,31 +28,33 @@ impl StopBuffer {
         Self {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             pending: String::new(),
+            released: String::new(),
         }
     }
 
     /// Adds decoded text and releases what can no longer be part of a stop string.
-    pub fn push(&mut self, delta: &str) -> Released {
+    pub fn push(&mut self, delta: &str) -> Released<'_> {
         self.pending.push_str(delta);
+        self.released.clear();
         let first = self
             .stops
             .iter()
             .filter_map(|s| self.pending.find(s.as_str()))
             .min();
         if let Some(at) = first {
-            let text = self.pending[..at].to_string();
+            self.released.push_str(&self.pending[..at]);
             self.pending.clear();
             return Released {
-                text,
+                text: &self.released,
                 stopped: true,
             };
         }
         let hold = self.held_back_len();
         let cut = self.pending.len() - hold;
-        let text = self.pending[..cut].to_string();
+        self.released.push_str(&self.pending[..cut]);
         self.pending.drain(..cut);
         Released {
-            text,
+            text: &self.released,
             stopped: false,
         }
     }
@@ -88,7 +92,7 @@ mod tests {
         let mut out = String::new();
         for d in deltas {
             let r = b.push(d);
-            out.push_str(&r.text);
+            out.push_str(r.text);
             if r.stopped {
                 return (out, true);
             }

@@ -10,8 +10,8 @@
 //!
 //! Control and user-defined tokens are added tokens, so they are recognised in text as
 //! llama.cpp does with `parse_special`. A `tokenizer.json` beside the model overrides all
-//! of this. [`StreamDecoder`] turns a growing token list into text deltas without ever
-//! splitting a UTF-8 character.
+//! of this. [`Tokenizer::pieces`] gives the per-token bytes streaming decoding
+//! ([`super::stream_decode`]) reads.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,6 +34,7 @@ use tokenizers::{
 
 use super::error::{Error, Result};
 use super::gguf::GgufFile;
+use super::stream_decode::{DecodeRules, TokenPieces};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TYPE_CONTROL: i64 = 3;
@@ -61,6 +62,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     add_bos: bool,
     end_of_generation: Vec<u32>,
+    /// Every token's bytes, for a tokenizer pathos built (`None`: from a tokenizer.json).
+    pieces: Option<TokenPieces>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> Error {
@@ -76,8 +79,8 @@ impl Tokenizer {
             .parent()
             .map(|d| d.join("tokenizer.json"))
             .filter(|p| p.is_file());
-        let inner = match override_path {
-            Some(p) => tokenizers::Tokenizer::from_file(&p).map_err(tok_err)?,
+        let (inner, pieces) = match override_path {
+            Some(p) => (tokenizers::Tokenizer::from_file(&p).map_err(tok_err)?, None),
             None => build_from_metadata(gguf)?,
         };
         let bos = gguf
@@ -108,6 +111,7 @@ impl Tokenizer {
             bos,
             add_bos,
             end_of_generation,
+            pieces,
         })
     }
 
@@ -126,6 +130,13 @@ impl Tokenizer {
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tok_err)
+    }
+
+    /// Every token's bytes under this tokenizer's decoding rules, for decoding generated
+    /// tokens one at a time without going through `tokenizers`; `None` for a tokenizer
+    /// read from a tokenizer.json, whose decoder may do anything.
+    pub fn pieces(&self) -> Option<&TokenPieces> {
+        self.pieces.as_ref()
     }
 
     /// Whether `id` ends generation (EOS or an end-of-turn token).
@@ -227,6 +238,16 @@ fn has_byte_level_decoder(d: &DecoderWrapper) -> bool {
     }
 }
 
+/// The byte each character of the byte-level alphabet stands for, indexed by code point
+/// (the alphabet lies below U+0144).
+fn gpt2_byte_table() -> Vec<Option<u8>> {
+    let mut table = vec![None; 0x144];
+    for (c, b) in gpt2_unicode_to_byte() {
+        table[c as usize] = Some(b);
+    }
+    table
+}
+
 /// The inverse of GPT-2's byte-to-character table: printable bytes stand for
 /// themselves, the rest were shifted to code points from 256 up, in byte order.
 fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
@@ -266,14 +287,14 @@ fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
+fn build_from_metadata(gguf: &GgufFile) -> Result<(tokenizers::Tokenizer, Option<TokenPieces>)> {
     let model = gguf.str("tokenizer.ggml.model")?;
     let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
     let types: Vec<i64> = gguf
         .int_array("tokenizer.ggml.token_type")
         .unwrap_or_else(|_| vec![1; tokens.len()]);
     let vocab = vocab_map(&tokens);
-    let mut tok = match model {
+    let (mut tok, rules) = match model {
         "gpt2" => {
             let merges = gpt2_merges(gguf)?;
             let bpe = build_bpe(BPE::builder().vocab_and_merges(vocab, merges))?;
@@ -282,7 +303,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
                 gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default"),
             )?));
             t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
-            t
+            (t, DecodeRules::ByteLevel)
         }
         "llama" => {
             let scores = gguf.f32_array("tokenizer.ggml.scores")?;
@@ -330,7 +351,12 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
             t.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
                 decoders,
             ))));
-            t
+            (
+                t,
+                DecodeRules::SentencePiece {
+                    strip_space: add_prefix,
+                },
+            )
         }
         other => {
             return Err(Error::Tokenizer(format!(
@@ -345,7 +371,15 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .map(|(t, ty)| AddedToken::from(*t, *ty == TYPE_CONTROL).normalized(false))
         .collect();
     tok.add_special_tokens(added).map_err(tok_err)?;
-    Ok(tok)
+    let t = Instant::now();
+    // The ids of the vocabulary are the ids of the GGUF's token list (added tokens
+    // included), so its texts are what the decoder receives.
+    let byte_of = gpt2_byte_table();
+    let pieces = TokenPieces::build(rules, &tokens, |c| {
+        byte_of.get(c as usize).copied().flatten()
+    });
+    tracing::debug!(elapsed = ?t.elapsed(), "token pieces built");
+    Ok((tok, pieces))
 }
 
 /// Builds the BPE model: `tokenizers` looks up both halves and the result of every merge
@@ -419,75 +453,9 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32], vocab: &Vocab) -> Vec<(St
         .collect()
 }
 
-/// Turns generated ids into text deltas as they arrive, holding back bytes until they
-/// form whole UTF-8 characters (byte-fallback and byte-level tokens can split one).
-#[derive(Debug, Default)]
-pub struct StreamDecoder {
-    ids: Vec<u32>,
-    prefix_offset: usize,
-    read_offset: usize,
-}
-
-impl StreamDecoder {
-    /// A decoder that starts with no tokens.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds one token; returns the text it completes, if any.
-    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
-        self.ids.push(id);
-        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        let delta = unsent(&prefix, &full);
-        if delta.is_empty() || full.ends_with('\u{FFFD}') {
-            return Ok(None);
-        }
-        let delta = delta.to_string();
-        self.prefix_offset = self.read_offset;
-        self.read_offset = self.ids.len();
-        Ok(Some(delta))
-    }
-
-    /// Text held back at the end (an incomplete character), decoded lossily.
-    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
-        if self.read_offset >= self.ids.len() {
-            return Ok(None);
-        }
-        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
-        self.prefix_offset = self.ids.len();
-        self.read_offset = self.ids.len();
-        Ok(Some(unsent(&prefix, &full).to_string()).filter(|s| !s.is_empty()))
-    }
-}
-
-/// The part of a window's text `full` not sent yet, `prefix` having been sent. When the
-/// decoder has changed text already sent (byte fallback turns a whole run of byte tokens
-/// into U+FFFD once an invalid byte joins it), what was sent stays sent and the unsent
-/// part starts as many characters in: the text that follows is never held back for good.
-fn unsent<'a>(prefix: &str, full: &'a str) -> &'a str {
-    full.strip_prefix(prefix).unwrap_or_else(|| {
-        let sent = prefix.chars().count();
-        full.char_indices()
-            .nth(sent)
-            .map_or("", |(i, _)| &full[i..])
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unsent_is_the_rest_of_the_window_even_when_sent_text_changed() {
-        assert_eq!(unsent("ab", "abc"), "c");
-        assert_eq!(unsent("ab", "ab"), "");
-        assert_eq!(unsent("", "\u{FFFD}"), "\u{FFFD}");
-        // "\0" was sent; an invalid byte then turned the run into two U+FFFD.
-        assert_eq!(unsent("\0", "\u{FFFD}\u{FFFD}a"), "\u{FFFD}a");
-        assert_eq!(unsent("é", "\u{FFFD}"), "");
-    }
 
     #[test]
     fn vocab_map_keeps_the_last_id_of_a_repeated_text() {
