@@ -213,6 +213,13 @@ impl Activations {
             .chunks_exact(k.max(1))
             .zip(self.blocks.chunks_exact_mut(kb.max(1)))
         {
+            #[cfg(target_arch = "x86_64")]
+            if kernels() == Kernels::Avx2 {
+                // SAFETY: `kernels()` returned Avx2 only after checking the CPU has AVX2,
+                // FMA and F16C.
+                unsafe { x86::quantize_row(row, out) };
+                continue;
+            }
             blocks::quantize_row(row, out);
         }
         self.rows = rows;
