@@ -129,16 +129,6 @@ pub fn add_to_rows(x: &mut [f32], row: &[f32]) {
 
 /// `gate = act(gate) · up`, the gated feed-forward's input to its down projection.
 pub fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::engine::quant::kernels() == crate::engine::quant::Kernels::Avx2 {
-        // SAFETY: `kernels()` returned Avx2 only after checking the CPU has AVX2 and FMA.
-        unsafe { simd::gated(act, gate, up) };
-        return;
-    }
-    gated_scalar(act, gate, up);
-}
-
-fn gated_scalar(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         Activation::Silu => {
             for (g, &u) in gate.iter_mut().zip(up) {
@@ -153,88 +143,6 @@ fn gated_scalar(act: Activation, gate: &mut [f32], up: &[f32]) {
                 *g = 0.5 * x * (1.0 + t) * u;
             }
         }
-    }
-}
-
-/// The gating eight values at a time. Both activations are a logistic sigmoid
-/// (SiLU: `x·σ(x)`; GELU-tanh: `½x(1 + tanh y) = x·σ(2y)`), and its exponential is a
-/// polynomial on the reduced argument (Cephes' `expf`, within 2 ulp): libm's `expf`
-/// and `tanhf`, one value at a time, were 1–2% of a decode step, on one thread while
-/// the other workers wait.
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    #![allow(unsafe_op_in_unsafe_fn)]
-    use std::arch::x86_64::*;
-
-    use super::Activation;
-
-    /// `e^x` for every lane, `x` clamped to where the result is a normal float.
-    #[inline(always)]
-    unsafe fn exp(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
-            _mm256_set1_ps(88.0),
-        );
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        // x − n·ln 2 in two parts, so the reduced argument keeps its precision.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let p = _mm256_fmadd_ps(
-            p,
-            _mm256_mul_ps(r, r),
-            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-        );
-        let scale = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        );
-        _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
-    }
-
-    /// `σ(z) = 1 / (1 + e^−z)`.
-    #[inline(always)]
-    unsafe fn sigmoid(z: __m256) -> __m256 {
-        let one = _mm256_set1_ps(1.0);
-        _mm256_div_ps(
-            one,
-            _mm256_add_ps(one, exp(_mm256_sub_ps(_mm256_setzero_ps(), z))),
-        )
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
-        let n = gate.len().min(up.len());
-        let whole = n / 8 * 8;
-        for i in (0..whole).step_by(8) {
-            let x = _mm256_loadu_ps(gate.as_ptr().add(i));
-            let u = _mm256_loadu_ps(up.as_ptr().add(i));
-            let s = match act {
-                Activation::Silu => sigmoid(x),
-                Activation::GeluTanh => {
-                    // 2y = 2·√(2/π)·x·(1 + 0.044715·x²)
-                    let x2 = _mm256_mul_ps(x, x);
-                    let inner = _mm256_fmadd_ps(x2, _mm256_set1_ps(0.044_715), _mm256_set1_ps(1.0));
-                    sigmoid(_mm256_mul_ps(
-                        _mm256_mul_ps(x, inner),
-                        _mm256_set1_ps(1.595_769_2),
-                    ))
-                }
-            };
-            _mm256_storeu_ps(
-                gate.as_mut_ptr().add(i),
-                _mm256_mul_ps(_mm256_mul_ps(x, s), u),
-            );
-        }
-        super::gated_scalar(act, &mut gate[whole..n], &up[whole..n]);
     }
 }
 
@@ -286,25 +194,6 @@ mod tests {
             let mut g = x.clone();
             gated(act, &mut g, &up);
             close(&g, &want.to_vec1::<f32>().unwrap());
-        }
-    }
-
-    #[test]
-    fn vector_gating_matches_the_scalar_gating() {
-        // Wide range (saturated tails included), an odd length for the scalar tail.
-        let mut x: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) * 0.013).collect();
-        x.extend([100.0, -100.0, 1000.0, -1000.0, 88.5, -88.5, 44.0, -44.0]);
-        let up: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        for act in [Activation::Silu, Activation::GeluTanh] {
-            let (mut fast, mut slow) = (x.clone(), x.clone());
-            gated(act, &mut fast, &up);
-            gated_scalar(act, &mut slow, &up);
-            for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
-                assert!(
-                    (a - b).abs() <= 2e-6 * (1.0 + b.abs()),
-                    "{act:?} {i}: {a} vs {b}"
-                );
-            }
         }
     }
 
