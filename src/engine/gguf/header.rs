@@ -79,7 +79,8 @@ impl Meta {
     }
 }
 
-fn scalar_int(ty: u32, bits: u64) -> Option<i128> {
+/// A scalar's value as a signed integer, when its type is an integer of any width.
+pub(super) fn scalar_int(ty: u32, bits: u64) -> Option<i128> {
     Some(match ty {
         tag::U8 | tag::U16 | tag::U32 | tag::U64 => bits as i128,
         tag::I8 => bits as u8 as i8 as i128,
@@ -90,7 +91,8 @@ fn scalar_int(ty: u32, bits: u64) -> Option<i128> {
     })
 }
 
-fn scalar_float(ty: u32, bits: u64) -> Option<f64> {
+/// A scalar's value as a float, when its type is `f32` or `f64`.
+pub(super) fn scalar_float(ty: u32, bits: u64) -> Option<f64> {
     match ty {
         tag::F32 => Some(f32::from_bits(bits as u32) as f64),
         tag::F64 => Some(f64::from_bits(bits)),
@@ -386,14 +388,4 @@ pub(super) fn numbers<T>(
             f(ty, u64::from_le_bytes(b))
         })
         .collect()
-}
-
-/// [`scalar_int`] for [`numbers`].
-pub(super) fn int_of(ty: u32, bits: u64) -> Option<i128> {
-    scalar_int(ty, bits)
-}
-
-/// [`scalar_float`] for [`numbers`].
-pub(super) fn float_of(ty: u32, bits: u64) -> Option<f64> {
-    scalar_float(ty, bits)
 }

@@ -139,7 +139,7 @@ impl GgufFile {
                 .dims
                 .iter()
                 .try_fold(1usize, |n, d| n.checked_mul(*d))
-                .and_then(|elems| tensor_bytes_checked(info.dtype, elems))
+                .and_then(|elems| tensor_bytes(info.dtype, elems))
                 .and_then(|bytes| {
                     header
                         .data_offset
@@ -215,9 +215,14 @@ impl GgufFile {
                 path: self.path.clone(),
                 detail: format!("tensor `{name}` is missing"),
             })?;
-        // `open` checked every tensor's range against the file's length.
+        // `open` checked every tensor's size and range against the file's length.
         let start = (self.header.data_offset + info.offset) as usize;
-        let size = tensor_bytes(info.dtype, info.dims.iter().product());
+        let size = tensor_bytes(info.dtype, info.dims.iter().product()).ok_or_else(|| {
+            Error::CorruptGguf {
+                path: self.path.clone(),
+                detail: format!("tensor `{name}` has an impossible shape"),
+            }
+        })?;
         let out = f(info.dtype, &info.dims, &self.map[start..start + size]);
         release_pages(&self.map, start, size);
         out
@@ -300,7 +305,7 @@ impl GgufFile {
         match self.get(key)? {
             Meta::Array { ty, body, .. } => {
                 header::numbers(&self.map, *ty, body.clone(), |t, b| {
-                    i64::try_from(header::int_of(t, b)?).ok()
+                    i64::try_from(header::scalar_int(t, b)?).ok()
                 })
             }
             _ => None,
@@ -313,7 +318,7 @@ impl GgufFile {
         match self.get(key)? {
             Meta::Array { ty, body, .. } => {
                 header::numbers(&self.map, *ty, body.clone(), |t, b| {
-                    header::float_of(t, b).map(|f| f as f32)
+                    header::scalar_float(t, b).map(|f| f as f32)
                 })
             }
             _ => None,
@@ -377,14 +382,9 @@ fn release_pages(map: &memmap2::Mmap, start: usize, len: usize) {
     let _ = (map, start, len);
 }
 
-/// Bytes taken by `elems` elements of a ggml type.
-pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
-    elems / dtype.block_size() * dtype.type_size()
-}
-
-/// [`tensor_bytes`] of a shape read from a file: `None` when the element count is not a
-/// whole number of blocks or the size overflows.
-fn tensor_bytes_checked(dtype: GgmlDType, elems: usize) -> Option<usize> {
+/// Bytes taken by `elems` elements of a ggml type: `None` when the element count is not
+/// a whole number of blocks or the size overflows.
+fn tensor_bytes(dtype: GgmlDType, elems: usize) -> Option<usize> {
     if !elems.is_multiple_of(dtype.block_size()) {
         return None;
     }

@@ -207,7 +207,7 @@ impl Activations {
     pub fn quantize_from(&mut self, x: &[f32], k: usize) {
         let kb = k / QK;
         let rows = x.len() / k.max(1);
-        self.blocks.clear();
+        // Every block is overwritten below: only new ones are filled first.
         self.blocks.resize(rows * kb, ActBlock::ZERO);
         for (row, out) in x
             .chunks_exact(k.max(1))
