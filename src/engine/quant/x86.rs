@@ -223,6 +223,24 @@ impl Avx2Group for Q8_0x8 {
     }
 }
 
+/// How many bytes ahead of the group being multiplied the weights are requested from
+/// memory. A decode step streams every weight once from DRAM, and the hardware
+/// prefetcher alone kept the cores waiting on it: a one-row product over 70 MB of
+/// SmolLM2-shaped Q4_1 groups took 5.5 ns per group block on two threads without this,
+/// 4.3 with it; single-stream generation gained 8-20% (Gemma 3, SmolLM2, Qwen2.5), four
+/// agents 10%. 1-4 KiB measured alike; prompts (the group already in L1) are unchanged.
+const PREFETCH_AHEAD: usize = 2560;
+
+/// Requests the cache lines `PREFETCH_AHEAD` bytes past `g`. Past the end of a weight
+/// that is the next allocation or unmapped memory: a prefetch never faults.
+#[inline(always)]
+unsafe fn prefetch_ahead<G>(g: &G) {
+    let ahead = (g as *const G as *const i8).wrapping_add(PREFETCH_AHEAD);
+    for line in 0..std::mem::size_of::<G>().div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+    }
+}
+
 /// `out[r][j] = row j of the group · acts[r]` for one group of eight weight rows
 /// (`w`: its blocks in order) and `R` activation rows.
 ///
@@ -236,6 +254,7 @@ pub unsafe fn gemv<G: Avx2Group, const R: usize>(
 ) {
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, g) in w.iter().enumerate() {
+        prefetch_ahead(g);
         let u = g.unpack();
         for r in 0..R {
             acc[r] = G::accumulate(&u, acts[r].get_unchecked(b), acc[r]);
