@@ -660,8 +660,15 @@ impl Transformer {
         host_ops::add(&mut s.x, &s.o);
         host_ops::rms_norm(&s.x, &hv.ffn_norm, eps, &mut s.h);
         let mut input = HostInput::new(&s.h, n, &mut s.acts);
-        Linear::forward_host_many([&l.w_gate, &l.w_up], &mut input, [&mut s.gate, &mut s.up])?;
-        host_ops::gated(c.activation, &mut s.gate, &s.up);
+        let act = c.activation;
+        Linear::forward_host_gated(
+            &l.w_gate,
+            &l.w_up,
+            &mut input,
+            &mut s.gate,
+            &mut s.up,
+            &|gate, up| host_ops::gated(act, gate, up),
+        )?;
         let mut input = HostInput::new(&s.gate, c.n_ff, &mut s.acts);
         l.w_down.forward_host(&mut input, &mut s.o)?;
         if let Some(w) = &hv.post_ffn_norm {

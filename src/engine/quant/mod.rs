@@ -419,7 +419,73 @@ fn dispatch(jobs: &[Job<'_>]) {
     }
 }
 
+/// Combines a gate projection's output with the up projection's, column for column, in
+/// place in the first (the gated feed-forward's activation).
+pub type Combine<'a> = &'a (dyn Fn(&mut [f32], &[f32]) + Sync);
+
+/// The gate and up projections of a gated feed-forward, run group by group by one worker,
+/// which then combines those groups' columns while they are in its cache. The activation
+/// (an `exp` and a division per value) was the largest piece of a decode step left on
+/// one thread while the other workers waited.
+struct GatedJob<'a> {
+    gate: Job<'a>,
+    up: Job<'a>,
+    combine: Combine<'a>,
+}
+
+// SAFETY: as for `Job`: each worker combines only the columns of the groups it ran.
+unsafe impl Sync for GatedJob<'_> {}
+
+impl GatedJob<'_> {
+    fn run(&self, range: std::ops::Range<usize>) {
+        self.gate.run(range.clone());
+        self.up.run(range.clone());
+        let n = self.gate.w.n;
+        let (first, end) = (range.start * ROWS, (range.end * ROWS).min(n));
+        for i in 0..self.gate.m {
+            let at = i * n + first;
+            // SAFETY: columns `first..end` of row `i` lie inside both `[m, n]`
+            // destinations (checked by `Job::new`, which borrow them for the job's life);
+            // they belong to groups `range`, which this worker alone ran and combines.
+            let (gate, up) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(
+                        (self.gate.dst as *mut f32).add(at),
+                        end - first,
+                    ),
+                    std::slice::from_raw_parts((self.up.dst as *const f32).add(at), end - first),
+                )
+            };
+            (self.combine)(gate, up);
+        }
+    }
+}
+
 impl QWeight {
+    /// `gate = combine(acts · gateᵀ, acts · upᵀ)` column for column, `up` keeping the
+    /// up projection, in one dispatch whose workers also run the combining.
+    pub fn matmul_gated(
+        gate: &QWeight,
+        up: &QWeight,
+        acts: &Activations,
+        gate_dst: &mut [f32],
+        up_dst: &mut [f32],
+        combine: Combine<'_>,
+    ) {
+        assert_eq!(gate.n, up.n, "gate and up widths");
+        let job = GatedJob {
+            gate: Job::new(gate, acts, gate_dst),
+            up: Job::new(up, acts, up_dst),
+            combine,
+        };
+        let groups = job.gate.groups();
+        if groups <= 1 {
+            job.run(0..groups);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(groups, |r| job.run(r));
+        }
+    }
+
     /// `dsts[i] = acts · ws[i]ᵀ` for several weights reading one input, in one dispatch.
     pub fn matmul_many<const N: usize>(
         ws: [&QWeight; N],
@@ -556,6 +622,43 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `gate_dst = combine(x · gateᵀ, x · upᵀ)` (`up_dst` keeps the up projection): the
+    /// gated feed-forward's input to its down projection, combined by the workers that
+    /// computed it when pathos multiplies both, after both otherwise.
+    pub fn forward_host_gated(
+        gate: &Linear,
+        up: &Linear,
+        input: &mut HostInput<'_>,
+        gate_dst: &mut [f32],
+        up_dst: &mut [f32],
+        combine: Combine<'_>,
+    ) -> candle_core::Result<()> {
+        let (Self::Own(g), Self::Own(u)) = (gate, up) else {
+            Self::forward_host_many([gate, up], input, [&mut *gate_dst, &mut *up_dst])?;
+            combine(gate_dst, up_dst);
+            return Ok(());
+        };
+        let acts = input.activations();
+        for w in [g, u] {
+            if w.k != acts.k {
+                candle_core::bail!("qmatmul: input width {}, weight takes {}", acts.k, w.k)
+            }
+        }
+        if g.n != u.n || gate_dst.len() != acts.rows * g.n || up_dst.len() != acts.rows * u.n {
+            candle_core::bail!(
+                "qmatmul: gate {} and up {} outputs for {} and {} places",
+                acts.rows * g.n,
+                acts.rows * u.n,
+                gate_dst.len(),
+                up_dst.len()
+            )
+        }
+        QWeight::matmul_gated(g, u, acts, gate_dst, up_dst, combine);
+        Ok(())
+    }
+}
+
 /// A host-memory input (`[rows, k]`) several [`Linear`] layers read: quantized into a
 /// reused buffer on first use, once for all of them.
 pub struct HostInput<'a> {
@@ -658,6 +761,40 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn gated_products_equal_the_two_products_combined() {
+        // Enough groups that several workers take a share, and a ragged last group.
+        let dev = Device::Cpu;
+        let (n, k) = (8 * 40 + 3, 256);
+        let quantized = |seed: f64| {
+            let w = (Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap() * seed).unwrap();
+            QWeight::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()).unwrap()
+        };
+        let (gate, up) = (quantized(1.0), quantized(0.5));
+        let combine = |g: &mut [f32], u: &[f32]| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        };
+        for m in [1usize, 4, 6] {
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let acts = Activations::quantize(&x, k);
+            let (mut want_gate, mut want_up) = (vec![0f32; m * n], vec![0f32; m * n]);
+            gate.matmul_quantized(&acts, &mut want_gate);
+            up.matmul_quantized(&acts, &mut want_up);
+            combine(&mut want_gate, &want_up);
+            let (mut got_gate, mut got_up) = (vec![0f32; m * n], vec![0f32; m * n]);
+            QWeight::matmul_gated(&gate, &up, &acts, &mut got_gate, &mut got_up, &combine);
+            assert_eq!(got_up, want_up, "m={m}");
+            assert_eq!(got_gate, want_gate, "m={m}");
         }
     }
 
