@@ -90,6 +90,40 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Value rows taken together by [`add_weighted_rows`]: 32 rows of a 64-wide head are
+/// 8 KiB, in L1 while each head of a group goes over them.
+const VALUE_ROWS: usize = 32;
+
+/// Columns of a head summed in registers at a time (eight AVX vectors).
+const COLS: usize = 64;
+
+/// `o += Σ_j w[j] · rows[j]` (`rows`: `w.len()` rows as wide as `o`), each element's
+/// sum taken in row order as a plain loop would take it, but 64 columns at a time held
+/// in registers across the rows: a plain loop loads and stores `o` once per row, and
+/// those stores were what bounded attention over long contexts.
+fn add_weighted_rows(o: &mut [f32], w: &[f32], rows: &[f32]) {
+    let d = o.len();
+    let mut c0 = 0;
+    while c0 + COLS <= d {
+        let mut acc: [f32; COLS] = o[c0..c0 + COLS].try_into().expect("64 columns");
+        for (&w, row) in w.iter().zip(rows.chunks_exact(d)) {
+            let v: &[f32; COLS] = row[c0..c0 + COLS].try_into().expect("64 columns");
+            for l in 0..COLS {
+                acc[l] = w.mul_add(v[l], acc[l]);
+            }
+        }
+        o[c0..c0 + COLS].copy_from_slice(&acc);
+        c0 += COLS;
+    }
+    if c0 < d {
+        for (&w, row) in w.iter().zip(rows.chunks_exact(d)) {
+            for (x, y) in o[c0..].iter_mut().zip(&row[c0..]) {
+                *x = w.mul_add(*y, *x);
+            }
+        }
+    }
+}
+
 /// `out[rows, n_head * head_dim]` = softmax(scale · q·Kᵀ) · V for every row of `q`
 /// (`[rows, n_head * head_dim]`, already rotated), each over its own sequence's cache:
 /// `kv(i)` is the cache of the sequence of `spans[i]`. Allocates nothing once each
@@ -129,41 +163,50 @@ pub fn attend<'a>(
                 let p = s.pos + i;
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let n = p + 1 - lo;
-                if scores.len() < n {
-                    scores.resize(n, 0.0);
+                if scores.len() < rep * n {
+                    scores.resize(rep * n, 0.0);
                 }
-                let keys = &cache.k[g * cache.capacity * d..];
-                let values = &cache.v[g * cache.capacity * d..];
-                for r in 0..rep {
-                    let h = g * rep + r;
-                    let qh = &q[row * width + h * d..row * width + (h + 1) * d];
-                    let sc = &mut scores[..n];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, slot) in sc.iter_mut().enumerate() {
-                        let key = &keys[(lo + j) * d..(lo + j + 1) * d];
-                        *slot = scale * dot(qh, key);
-                        max = max.max(*slot);
+                let base = g * cache.capacity * d;
+                let keys = &cache.k[base + lo * d..base + (lo + n) * d];
+                let values = &cache.v[base + lo * d..base + (lo + n) * d];
+                // The group's query heads, and its output heads, lie side by side.
+                let start = row * width + g * rep * d;
+                let qs = &q[start..start + rep * d];
+                let sc = &mut scores[..rep * n];
+                // Every head of the group against each key in turn: a key is read once
+                // for all of them (each head's sums are still taken in the same order).
+                for (j, key) in keys.chunks_exact(d).enumerate() {
+                    for (r, qh) in qs.chunks_exact(d).enumerate() {
+                        sc[r * n + j] = scale * dot(qh, key);
                     }
+                }
+                for head in sc.chunks_exact_mut(n) {
+                    let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                     let mut sum = 0f32;
-                    for slot in sc.iter_mut() {
+                    for slot in head.iter_mut() {
                         *slot = (*slot - max).exp();
                         sum += *slot;
                     }
                     let inv = 1.0 / sum;
-                    let start = row * width + h * d;
-                    assert!(start + d <= out_len, "attention output slice in range");
-                    // SAFETY: the slice is inside `out` (checked above) and unit (row, g)
-                    // is the only one writing heads g·rep..(g+1)·rep of `row`.
-                    let o = unsafe {
-                        std::slice::from_raw_parts_mut((out_addr as *mut f32).add(start), d)
-                    };
-                    o.fill(0.0);
-                    for (j, &w) in sc.iter().enumerate() {
-                        let value = &values[(lo + j) * d..(lo + j + 1) * d];
-                        let w = w * inv;
-                        for (x, y) in o.iter_mut().zip(value) {
-                            *x = w.mul_add(*y, *x);
-                        }
+                    head.iter_mut().for_each(|w| *w *= inv);
+                }
+                assert!(
+                    start + rep * d <= out_len,
+                    "attention output slice in range"
+                );
+                // SAFETY: the slice is inside `out` (checked above) and unit (row, g) is
+                // the only one writing heads g·rep..(g+1)·rep of `row`.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut((out_addr as *mut f32).add(start), rep * d)
+                };
+                o.fill(0.0);
+                // Value rows a chunk at a time (small enough to stay in L1 while every
+                // head of the group reads them).
+                for j0 in (0..n).step_by(VALUE_ROWS) {
+                    let j1 = (j0 + VALUE_ROWS).min(n);
+                    let chunk = &values[j0 * d..j1 * d];
+                    for (r, oh) in o.chunks_exact_mut(d).enumerate() {
+                        add_weighted_rows(oh, &sc[r * n + j0..r * n + j1], chunk);
                     }
                 }
             }
@@ -258,6 +301,73 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// One head at a time in the order of operations a single head's attention takes:
+    /// scores key by key, softmax, then values row by row.
+    fn one_head(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32) -> Vec<f32> {
+        let mut sc: Vec<f32> = keys.chunks_exact(d).map(|k| scale * dot(q, k)).collect();
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in sc.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        let mut o = vec![0f32; d];
+        for (w, value) in sc.iter().zip(values.chunks_exact(d)) {
+            let w = w * inv;
+            for (x, y) in o.iter_mut().zip(value) {
+                *x = w.mul_add(*y, *x);
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn grouped_heads_give_each_head_exactly_its_own_attention() {
+        // Seven query heads per key head (Qwen2.5's grouping), 70 keys (two value
+        // chunks and a part), head widths of 64 (SmolLM2, Qwen2.5), 256 (Gemma 3) and
+        // one that is not a multiple of the 64 columns summed together.
+        for d in [64, 256, 80] {
+            grouped_heads_at_width(d);
+        }
+    }
+
+    fn grouped_heads_at_width(d: usize) {
+        let (n_head, n_kv, cap, pos) = (14, 2, 72, 69);
+        let heads = Heads {
+            n_head,
+            n_head_kv: n_kv,
+            head_dim: d,
+            scale: 0.125,
+            window: None,
+        };
+        let k = values(n_kv * cap * d, 4);
+        let v = values(n_kv * cap * d, 5);
+        let q = values(n_head * d, 6);
+        let kv = |_: usize| KvView {
+            k: &k,
+            v: &v,
+            capacity: cap,
+        };
+        let spans = [Span {
+            first: 0,
+            t: 1,
+            pos,
+        }];
+        let mut out = vec![f32::NAN; n_head * d];
+        attend(heads, &q, &spans, &kv, &mut out);
+        for h in 0..n_head {
+            let g = h / (n_head / n_kv);
+            let span = g * cap * d..g * cap * d + (pos + 1) * d;
+            let want = one_head(&q[h * d..(h + 1) * d], &k[span.clone()], &v[span], d, 0.125);
+            assert_eq!(
+                &out[h * d..(h + 1) * d],
+                want.as_slice(),
+                "width {d} head {h}"
+            );
         }
     }
 

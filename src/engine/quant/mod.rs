@@ -317,7 +317,15 @@ fn run_groups<G: Interleaved>(
             // (m * n floats, checked by `Job::new`, which borrows it mutably for the
             // job's life); rows `first..first + width` of every output row belong to
             // this group alone, and each group is run by exactly one worker.
-            unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), dst.add(i * n + first), width) };
+            unsafe {
+                let to = dst.add(i * n + first);
+                if width == ROWS {
+                    // A whole group: a constant-length copy is two stores, not a call.
+                    std::ptr::copy_nonoverlapping(out.as_ptr(), to, ROWS);
+                } else {
+                    std::ptr::copy_nonoverlapping(out.as_ptr(), to, width);
+                }
+            }
         };
         let wg = &w[g * kb..(g + 1) * kb];
         let a = |i: usize| &acts[i * kb..(i + 1) * kb];
