@@ -1,5 +1,6 @@
 //! Criterion benches of the quantized matrix product at the default model's shapes
-//! (SmolLM2-135M: hidden 576, FFN 1536, vocabulary 49 152), for one activation row (one
+//! (SmolLM2-135M: hidden 576, FFN 1536, vocabulary 49 152; a feed-forward matrix of
+//! Qwen2.5 and of Gemma 3 for their block types), for one activation row (one
 //! sequence decoding) and for 4 and 8 (agents decoding together), with pathos's kernels
 //! and candle's `QMatMul` on the same blocks.
 
@@ -25,6 +26,11 @@ fn matmul(c: &mut Criterion) {
         ("ffn up", 1536, 576, GgmlDType::Q4_1),
         ("ffn down", 576, 1536, GgmlDType::Q4_1),
         ("output", 49_152, 576, GgmlDType::Q8_0),
+        // Qwen2.5-Coder-0.5B's feed-forward (Q5_0) and Gemma 3 270M's down projection (Q4_K
+        // or Q6_K by layer).
+        ("qwen2.5 ffn up", 4864, 896, GgmlDType::Q5_0),
+        ("gemma3 ffn down", 640, 2048, GgmlDType::Q4K),
+        ("gemma3 ffn down", 640, 2048, GgmlDType::Q6K),
     ];
     for (name, n, k, dtype) in shapes {
         let w = Tensor::from_vec(values(n * k, 7), (n, k), &dev).unwrap();

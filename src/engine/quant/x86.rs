@@ -30,6 +30,16 @@ pub trait Avx2Group: Interleaved {
     /// Adds the eight rows' products with one activation block to `acc` (lane `r`:
     /// row `r`).
     unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256;
+    /// Adds the group's products with `R` activation blocks to `acc`: unpacked once,
+    /// then [`Self::accumulate`] per row. A type whose unpacked form would not leave
+    /// registers for `R` rows overrides it.
+    #[inline(always)]
+    unsafe fn accumulate_rows<const R: usize>(&self, a: [&ActBlock; R], acc: &mut [__m256; R]) {
+        let u = self.unpack();
+        for r in 0..R {
+            acc[r] = Self::accumulate(&u, a[r], acc[r]);
+        }
+    }
 }
 
 #[inline(always)]
@@ -212,15 +222,48 @@ impl Avx2Group for Q8_0x8 {
     }
     #[inline(always)]
     unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
-        // Signed × signed: the weight's sign moves onto the activation so `maddubs`
-        // takes |w|; a pair of products fits 16 bits, so each vector widens on its own.
         let mut s = _mm256_setzero_si256();
         for (i, &w) in u.0.iter().enumerate() {
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(act4(a, i), w));
-            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+            s = _mm256_add_epi32(s, signed_dot(w, _mm256_sign_epi8(w, w), act4(a, i)));
         }
         scaled(s, u.1, a, acc)
     }
+    /// Vector by vector across two or four rows: eight weight vectors and their
+    /// magnitudes held for four rows left no registers for the sums (the compiler
+    /// spilled to the stack inside the loop of the output projection). The integer sums
+    /// are exact, so the order changes nothing.
+    #[inline(always)]
+    unsafe fn accumulate_rows<const R: usize>(&self, a: [&ActBlock; R], acc: &mut [__m256; R]) {
+        if R == 1 {
+            // One row has the registers, and loads all eight vectors first (a third
+            // faster than this order for one row).
+            let u = self.unpack();
+            acc[0] = Self::accumulate(&u, a[0], acc[0]);
+            return;
+        }
+        let p = self.qs.as_ptr() as *const __m256i;
+        let mut s = [_mm256_setzero_si256(); R];
+        for i in 0..8 {
+            let w = _mm256_loadu_si256(p.add(i));
+            let magnitude = _mm256_sign_epi8(w, w);
+            for r in 0..R {
+                s[r] = _mm256_add_epi32(s[r], signed_dot(w, magnitude, act4(a[r], i)));
+            }
+        }
+        let d = load_f16x8(&self.d);
+        for r in 0..R {
+            acc[r] = scaled(s[r], d, a[r], acc[r]);
+        }
+    }
+}
+
+/// Products of signed weights `w` (`magnitude`: |w|) with four activation bytes per
+/// lane, pair-summed into 32-bit lanes. The weight's sign moves onto the activation so
+/// `maddubs` takes |w|; a pair of products fits 16 bits, so each vector widens alone.
+#[inline(always)]
+unsafe fn signed_dot(w: __m256i, magnitude: __m256i, a: __m256i) -> __m256i {
+    let p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(a, w));
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
 }
 
 /// How many bytes ahead of the group being multiplied the weights are requested from
@@ -255,10 +298,7 @@ pub unsafe fn gemv<G: Avx2Group, const R: usize>(
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, g) in w.iter().enumerate() {
         prefetch_ahead(g);
-        let u = g.unpack();
-        for r in 0..R {
-            acc[r] = G::accumulate(&u, acts[r].get_unchecked(b), acc[r]);
-        }
+        g.accumulate_rows(std::array::from_fn(|r| acts[r].get_unchecked(b)), &mut acc);
     }
     for r in 0..R {
         _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
