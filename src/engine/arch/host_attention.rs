@@ -164,7 +164,9 @@ pub fn attend<'a>(
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let n = p + 1 - lo;
                 if scores.len() < rep * n {
-                    scores.resize(rep * n, 0.0);
+                    // Room for the whole cache at once: growing with the context would
+                    // allocate again every time it doubles.
+                    scores.resize(rep * n.max(cache.capacity), 0.0);
                 }
                 let base = g * cache.capacity * d;
                 let keys = &cache.k[base + lo * d..base + (lo + n) * d];
