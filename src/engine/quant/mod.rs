@@ -628,9 +628,7 @@ impl Linear {
         QWeight::matmul_many(ws, acts, dsts);
         Ok(())
     }
-}
 
-impl Linear {
     /// `gate_dst = combine(x · gateᵀ, x · upᵀ)` (`up_dst` keeps the up projection): the
     /// gated feed-forward's input to its down projection, combined by the workers that
     /// computed it when pathos multiplies both, after both otherwise.
