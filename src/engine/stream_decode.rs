@@ -28,6 +28,57 @@ pub enum DecodeRules {
     SentencePiece { strip_space: bool },
 }
 
+/// What [`push_token_bytes`] found a token's text to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenBytes {
+    /// Text, appended (SentencePiece's `▁` as a space, byte-level characters as their
+    /// bytes).
+    Text,
+    /// A SentencePiece byte-fallback token `<0xNN>`: its one byte, appended.
+    Byte,
+    /// A byte-level token with a character outside the byte alphabet (an added token):
+    /// nothing appended, the caller decides what it stands for.
+    Foreign,
+}
+
+/// Appends to `out` the bytes a vocabulary token's text stands for: the one rule the
+/// streaming decoder and the grammar matcher's token table share (`byte_of`: the byte
+/// a byte-level character stands for).
+pub(crate) fn push_token_bytes(
+    text: &str,
+    byte_level: bool,
+    byte_of: impl Fn(char) -> Option<u8>,
+    out: &mut Vec<u8>,
+) -> TokenBytes {
+    if byte_level {
+        let start = out.len();
+        for c in text.chars() {
+            match byte_of(c) {
+                Some(b) => out.push(b),
+                None => {
+                    out.truncate(start);
+                    return TokenBytes::Foreign;
+                }
+            }
+        }
+        return TokenBytes::Text;
+    }
+    let byte = (text.len() == 6 && text.starts_with("<0x") && text.ends_with('>'))
+        .then(|| u8::from_str_radix(&text[3..5], 16).ok())
+        .flatten();
+    if let Some(b) = byte {
+        out.push(b);
+        return TokenBytes::Byte;
+    }
+    for (i, piece) in text.split('\u{2581}').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(piece.as_bytes());
+    }
+    TokenBytes::Text
+}
+
 /// Every token's bytes, in one buffer.
 #[derive(Debug)]
 pub struct TokenPieces {
@@ -51,42 +102,14 @@ impl TokenPieces {
         let mut ends = Vec::with_capacity(tokens.len());
         let mut bytes = Vec::with_capacity(tokens.iter().map(|t| t.len()).sum());
         let mut byte_token = vec![false; tokens.len()];
+        let byte_level = rules == DecodeRules::ByteLevel;
         for (t, is_byte) in tokens.iter().zip(byte_token.iter_mut()) {
-            match rules {
-                DecodeRules::ByteLevel => {
-                    // As the byte-level decoder: a token with a character outside the
-                    // byte alphabet (an added token) stands for its own UTF-8 bytes.
-                    let start = bytes.len();
-                    for c in t.chars() {
-                        match byte_of(c) {
-                            Some(b) => bytes.push(b),
-                            None => {
-                                bytes.truncate(start);
-                                bytes.extend_from_slice(t.as_bytes());
-                                break;
-                            }
-                        }
-                    }
-                }
-                DecodeRules::SentencePiece { .. } => {
-                    let byte = (t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
-                        .then(|| u8::from_str_radix(&t[3..5], 16).ok())
-                        .flatten();
-                    match byte {
-                        Some(b) => {
-                            bytes.push(b);
-                            *is_byte = true;
-                        }
-                        None => {
-                            for (i, piece) in t.split('\u{2581}').enumerate() {
-                                if i > 0 {
-                                    bytes.push(b' ');
-                                }
-                                bytes.extend_from_slice(piece.as_bytes());
-                            }
-                        }
-                    }
-                }
+            match push_token_bytes(t, byte_level, &byte_of, &mut bytes) {
+                TokenBytes::Text => {}
+                TokenBytes::Byte => *is_byte = true,
+                // As the byte-level decoder: a token with a character outside the byte
+                // alphabet (an added token) stands for its own UTF-8 bytes.
+                TokenBytes::Foreign => bytes.extend_from_slice(t.as_bytes()),
             }
             ends.push(u32::try_from(bytes.len()).ok()?);
         }
@@ -281,6 +304,37 @@ fn unsent<'a>(prefix: &str, full: &'a str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_texts_become_the_bytes_their_decoder_gives() {
+        // A two-character byte alphabet: 'Ġ' is the space, 'a' itself.
+        let byte_of = |c: char| match c {
+            'Ġ' => Some(b' '),
+            'a' => Some(b'a'),
+            _ => None,
+        };
+        let bytes = |text: &str, byte_level: bool| {
+            let mut out = b"x".to_vec();
+            let kind = push_token_bytes(text, byte_level, byte_of, &mut out);
+            (kind, out)
+        };
+        assert_eq!(bytes("Ġa", true), (TokenBytes::Text, b"x a".to_vec()));
+        // An outside character leaves what was there before the token.
+        assert_eq!(
+            bytes("aĠ<|im|>", true),
+            (TokenBytes::Foreign, b"x".to_vec())
+        );
+        assert_eq!(bytes("<0x0A>", false), (TokenBytes::Byte, b"x\n".to_vec()));
+        assert_eq!(
+            bytes("\u{2581}a\u{2581}", false),
+            (TokenBytes::Text, b"x a ".to_vec())
+        );
+        // Only a well-formed byte token is one; anything else is text.
+        assert_eq!(
+            bytes("<0xZZ>", false),
+            (TokenBytes::Text, b"x<0xZZ>".to_vec())
+        );
+    }
 
     #[test]
     fn unsent_is_the_rest_of_the_window_even_when_sent_text_changed() {

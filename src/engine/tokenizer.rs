@@ -34,7 +34,7 @@ use tokenizers::{
 
 use super::error::{Error, Result};
 use super::gguf::GgufFile;
-use super::stream_decode::{DecodeRules, TokenPieces};
+use super::stream_decode::{DecodeRules, TokenBytes, TokenPieces, push_token_bytes};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TYPE_CONTROL: i64 = 3;
@@ -184,7 +184,7 @@ impl Tokenizer {
     /// grammar over text can produce them.
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
         let byte_level = self.inner.get_decoder().is_some_and(has_byte_level_decoder);
-        let unicode_to_byte = gpt2_unicode_to_byte();
+        let byte_of = gpt2_byte_table();
         let added = self.inner.get_added_tokens_decoder();
         let specials: HashMap<u32, &str> = added
             .iter()
@@ -204,21 +204,12 @@ impl Tokenizer {
                 let Some(text) = self.inner.id_to_token(id) else {
                     return Vec::new();
                 };
-                if byte_level {
-                    text.chars()
-                        .map(|c| unicode_to_byte.get(&c).copied())
-                        .collect::<Option<Vec<u8>>>()
-                        .unwrap_or_default()
-                } else if let Some(hex) = text
-                    .strip_prefix("<0x")
-                    .and_then(|h| h.strip_suffix('>'))
-                    .filter(|h| h.len() == 2)
-                {
-                    u8::from_str_radix(hex, 16)
-                        .map(|b| vec![b])
-                        .unwrap_or_default()
-                } else {
-                    text.replace('\u{2581}', " ").into_bytes()
+                let mut bytes = Vec::with_capacity(text.len());
+                let byte = |c: char| byte_of.get(c as usize).copied().flatten();
+                match push_token_bytes(&text, byte_level, byte, &mut bytes) {
+                    // Text no byte sequence stands for: nothing a grammar can match.
+                    TokenBytes::Foreign => Vec::new(),
+                    TokenBytes::Text | TokenBytes::Byte => bytes,
                 }
             })
             .collect()
