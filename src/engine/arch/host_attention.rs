@@ -214,11 +214,7 @@ pub fn attend<'a>(
             }
         });
     };
-    if total <= 1 {
-        work(0..total);
-    } else {
-        candle_core::utils::barrier_pool().execute_chunked(total, work);
-    }
+    crate::engine::quant::split_over_workers(total, work);
 }
 
 #[cfg(test)]

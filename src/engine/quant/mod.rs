@@ -420,6 +420,13 @@ fn dispatch(jobs: &[Job<'_>]) {
             start = end;
         }
     };
+    split_over_workers(total, work);
+}
+
+/// Runs `work` over `0..total` in chunks taken by candle's CPU worker pool (the threads
+/// candle's own kernels use), or on this thread when there is one item or none: every
+/// parallel part of the CPU forward pass goes through here.
+pub(crate) fn split_over_workers(total: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
     if total <= 1 {
         work(0..total);
     } else {
@@ -486,12 +493,7 @@ impl QWeight {
             up: Job::new(up, acts, up_dst),
             combine,
         };
-        let groups = job.gate.groups();
-        if groups <= 1 {
-            job.run(0..groups);
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(groups, |r| job.run(r));
-        }
+        split_over_workers(job.gate.groups(), |r| job.run(r));
     }
 
     /// `dsts[i] = acts · ws[i]ᵀ` for several weights reading one input, in one dispatch.
