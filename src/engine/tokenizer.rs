@@ -229,31 +229,23 @@ fn has_byte_level_decoder(d: &DecoderWrapper) -> bool {
     }
 }
 
-/// The byte each character of the byte-level alphabet stands for, indexed by code point
-/// (the alphabet lies below U+0144).
+/// The byte each character of GPT-2's byte-level alphabet stands for, indexed by code
+/// point: printable bytes stand for themselves, the rest were shifted to code points
+/// from 256 up, in byte order (the alphabet lies below U+0144).
 fn gpt2_byte_table() -> Vec<Option<u8>> {
+    let printable = |b: u8| matches!(b, 33..=126 | 161..=172 | 174..=255);
     let mut table = vec![None; 0x144];
-    for (c, b) in gpt2_unicode_to_byte() {
-        table[c as usize] = Some(b);
+    let mut shifted = 0usize;
+    for b in 0..=255u8 {
+        let c = if printable(b) {
+            usize::from(b)
+        } else {
+            shifted += 1;
+            255 + shifted
+        };
+        table[c] = Some(b);
     }
     table
-}
-
-/// The inverse of GPT-2's byte-to-character table: printable bytes stand for
-/// themselves, the rest were shifted to code points from 256 up, in byte order.
-fn gpt2_unicode_to_byte() -> HashMap<char, u8> {
-    let printable = |b: u8| matches!(b, 33..=126 | 161..=172 | 174..=255);
-    let mut shifted = 0u32;
-    (0..=255u8)
-        .map(|b| {
-            if printable(b) {
-                (char::from(b), b)
-            } else {
-                shifted += 1;
-                (char::from_u32(255 + shifted).expect("valid code point"), b)
-            }
-        })
-        .collect()
 }
 
 /// Token text to id, built once in the hash map type `tokenizers` keeps, and used as is
