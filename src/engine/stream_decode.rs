@@ -340,6 +340,10 @@ mod tests {
     fn unsent_is_the_rest_of_the_window_even_when_sent_text_changed() {
         assert_eq!(unsent("ab", "abc"), "c");
         assert_eq!(unsent("ab", "ab"), "");
+        assert_eq!(unsent("", "\u{FFFD}"), "\u{FFFD}");
+        // "\0" was sent; an invalid byte then turned the run into two U+FFFD.
+        assert_eq!(unsent("\0", "\u{FFFD}\u{FFFD}a"), "\u{FFFD}a");
+        assert_eq!(unsent("é", "\u{FFFD}"), "");
         assert_eq!(unsent("\u{20AC}x", "\u{FFFD}\u{FFFD}y"), "y");
     }
 
