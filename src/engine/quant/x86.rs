@@ -5,7 +5,8 @@
 //! every activation row of the call, so a batch of sequences (debating agents, or a
 //! prompt's tokens) reads and unpacks the weights once for all of them. The eight rows'
 //! sums build up in the lanes of one register: no horizontal sums, one scale multiply
-//! per group. Selected at run time, so one binary runs on CPUs without AVX2 too.
+//! per group. Selected at run time, so one binary runs on CPUs without AVX2 too; where
+//! the build targets a CPU with VNNI, the byte products use it (see [`VNNI`]).
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
@@ -13,6 +14,7 @@ use std::arch::x86_64::*;
 
 use super::blocks::ActBlock;
 use super::packed::{Interleaved, Q4_0x8, Q4_1x8, Q4Kx8, Q5_0x8, Q6Kx8, Q8_0x8};
+use super::{Kernel, MAX_OUT};
 
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
@@ -21,23 +23,315 @@ pub fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// A group type the AVX2 kernel multiplies.
+/// Whether the integer products use VNNI's `vpdpbusd`: four byte products summed into
+/// each 32-bit lane in one instruction, where AVX2 needs `maddubs` (pairs into 16 bits),
+/// a 16-bit add and a `madd` to widen. The sums are the same integers either way, so
+/// the outputs are identical bit for bit. Chosen at compile time (the build targets the
+/// host CPU); a build for a CPU without VNNI keeps the AVX2 sequence.
+const VNNI: bool = cfg!(any(
+    target_feature = "avxvnni",
+    all(target_feature = "avx512vnni", target_feature = "avx512vl")
+));
+
+/// Whether two groups (sixteen rows) can be multiplied at once in 512-bit registers. A
+/// 512-bit `vpdpbusd` does twice the work of a 256-bit one at the same rate (measured on
+/// a Xeon with AVX-512: two of either per cycle), which pays where the weights are in
+/// cache and many rows share them (prompts, see `super::WIDE_ROWS`). Each lane does the
+/// same arithmetic as in the 256-bit kernel, so the results are identical bit for bit.
+pub const WIDE: bool = cfg!(all(
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512dq",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni"
+));
+
+/// A register width the kernels run at: [`Y`] (one group of eight rows in 256 bits) or
+/// [`Z`] (two groups, sixteen rows, in 512 bits). The groups are unpacked 256 bits at a
+/// time and joined, so each type's unpacking is written once.
+pub trait Width: Copy {
+    /// Groups multiplied at once.
+    const GROUPS: usize;
+    /// Integer lanes: one per row of the groups.
+    type I: Copy;
+    /// Float lanes: one per row of the groups.
+    type F: Copy;
+    /// The first group's vector, and the second's above it where there is one.
+    unsafe fn join(lo: __m256i, hi: __m256i) -> Self::I;
+    /// [`Self::join`] for floats.
+    unsafe fn join_ps(lo: __m256, hi: __m256) -> Self::F;
+    unsafe fn set1(x: i32) -> Self::I;
+    unsafe fn set1_ps(x: f32) -> Self::F;
+    unsafe fn zero() -> Self::I;
+    unsafe fn zero_ps() -> Self::F;
+    unsafe fn sub(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn mul_ps(a: Self::F, b: Self::F) -> Self::F;
+    /// `a · b + c`.
+    unsafe fn fmadd_ps(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn cvt_ps(a: Self::I) -> Self::F;
+    /// `acc +` Σ over vectors `range` of unsigned weights `u` × activations, in 32-bit
+    /// lanes. Without VNNI the caller keeps the 16-bit pair sums in range (weights ≤ 15
+    /// for eight vectors, ≤ 31 for four, ≤ 63 for two: activations are within ±127);
+    /// with it every product is summed in 32 bits.
+    unsafe fn unsigned_dot(
+        acc: Self::I,
+        u: &[Self::I; 8],
+        a: &ActBlock,
+        range: std::ops::Range<usize>,
+    ) -> Self::I;
+    /// `acc +` the products of signed weights `w` (`magnitude`: |w|) with four
+    /// activation bytes per lane (`a`, broadcast), summed into 32-bit lanes.
+    unsafe fn signed_dot(acc: Self::I, w: Self::I, magnitude: Self::I, a: i32) -> Self::I;
+    /// |w| per byte.
+    unsafe fn abs_epi8(w: Self::I) -> Self::I;
+    /// Writes the lanes to `out` (8 or 16 floats).
+    unsafe fn store(out: &mut [f32; MAX_OUT], v: Self::F);
+}
+
+/// One group of eight rows in 256-bit registers.
+#[derive(Clone, Copy)]
+pub struct Y;
+
+/// Two groups, sixteen rows, in 512-bit registers ([`WIDE`] builds only).
+#[derive(Clone, Copy)]
+pub struct Z;
+
+/// Four activation bytes (elements `4i..4i + 4`) as one integer.
+#[inline(always)]
+unsafe fn act4(a: &ActBlock, i: usize) -> i32 {
+    (a.qs.as_ptr() as *const i32).add(i).read_unaligned()
+}
+
+/// `acc +` Σ over each lane's four byte pairs of u · s (`u` unsigned, `s` signed), exact
+/// in 32 bits. Only called where [`VNNI`] holds.
+#[inline(always)]
+unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    #[cfg(target_feature = "avxvnni")]
+    {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
+    }
+    #[cfg(all(
+        not(target_feature = "avxvnni"),
+        target_feature = "avx512vnni",
+        target_feature = "avx512vl"
+    ))]
+    {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+    #[cfg(not(any(
+        target_feature = "avxvnni",
+        all(target_feature = "avx512vnni", target_feature = "avx512vl")
+    )))]
+    {
+        let _ = (u, s);
+        unreachable!("dpbusd without VNNI: {acc:?}")
+    }
+}
+
+impl Width for Y {
+    const GROUPS: usize = 1;
+    type I = __m256i;
+    type F = __m256;
+    #[inline(always)]
+    unsafe fn join(lo: __m256i, _: __m256i) -> __m256i {
+        lo
+    }
+    #[inline(always)]
+    unsafe fn join_ps(lo: __m256, _: __m256) -> __m256 {
+        lo
+    }
+    #[inline(always)]
+    unsafe fn set1(x: i32) -> __m256i {
+        _mm256_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn set1_ps(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn zero_ps() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_ps(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd_ps(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn cvt_ps(a: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn unsigned_dot(
+        acc: __m256i,
+        u: &[__m256i; 8],
+        a: &ActBlock,
+        range: std::ops::Range<usize>,
+    ) -> __m256i {
+        if VNNI {
+            // Two chains: each vpdpbusd waits on the one before it in its chain.
+            let (mut even, mut odd) = (acc, _mm256_setzero_si256());
+            for i in range {
+                let s = _mm256_set1_epi32(act4(a, i));
+                if i % 2 == 0 {
+                    even = dpbusd(even, u[i], s);
+                } else {
+                    odd = dpbusd(odd, u[i], s);
+                }
+            }
+            return _mm256_add_epi32(even, odd);
+        }
+        let mut s = _mm256_setzero_si256();
+        for i in range {
+            let p = _mm256_maddubs_epi16(u[i], _mm256_set1_epi32(act4(a, i)));
+            s = _mm256_add_epi16(s, p);
+        }
+        _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
+    }
+    /// The weight's sign moves onto the activation so the unsigned operand is |w|; a
+    /// pair of products fits 16 bits, so without VNNI each vector widens alone.
+    #[inline(always)]
+    unsafe fn signed_dot(acc: __m256i, w: __m256i, magnitude: __m256i, a: i32) -> __m256i {
+        let a = _mm256_sign_epi8(_mm256_set1_epi32(a), w);
+        if VNNI {
+            return dpbusd(acc, magnitude, a);
+        }
+        let p = _mm256_maddubs_epi16(magnitude, a);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
+    #[inline(always)]
+    unsafe fn abs_epi8(w: __m256i) -> __m256i {
+        _mm256_sign_epi8(w, w)
+    }
+    #[inline(always)]
+    unsafe fn store(out: &mut [f32; MAX_OUT], v: __m256) {
+        _mm256_storeu_ps(out.as_mut_ptr(), v)
+    }
+}
+
+/// The 512-bit operations exist only in builds for CPUs with AVX-512 ([`WIDE`]); other
+/// builds never call these (the kernels pick [`Y`]).
+#[cfg(all(
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512dq",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni"
+))]
+impl Width for Z {
+    const GROUPS: usize = 2;
+    type I = __m512i;
+    type F = __m512;
+    #[inline(always)]
+    unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
+    }
+    #[inline(always)]
+    unsafe fn set1(x: i32) -> __m512i {
+        _mm512_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn set1_ps(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_ps() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_ps(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd_ps(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn cvt_ps(a: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn unsigned_dot(
+        acc: __m512i,
+        u: &[__m512i; 8],
+        a: &ActBlock,
+        range: std::ops::Range<usize>,
+    ) -> __m512i {
+        let (mut even, mut odd) = (acc, _mm512_setzero_si512());
+        for i in range {
+            let s = _mm512_set1_epi32(act4(a, i));
+            if i % 2 == 0 {
+                even = _mm512_dpbusd_epi32(even, u[i], s);
+            } else {
+                odd = _mm512_dpbusd_epi32(odd, u[i], s);
+            }
+        }
+        _mm512_add_epi32(even, odd)
+    }
+    /// AVX-512 has no byte sign instruction: the activation bytes are negated where the
+    /// weight's sign bit is set.
+    #[inline(always)]
+    unsafe fn signed_dot(acc: __m512i, w: __m512i, magnitude: __m512i, a: i32) -> __m512i {
+        let a = _mm512_set1_epi32(a);
+        let negative = _mm512_movepi8_mask(w);
+        let a = _mm512_mask_sub_epi8(a, negative, _mm512_setzero_si512(), a);
+        _mm512_dpbusd_epi32(acc, magnitude, a)
+    }
+    #[inline(always)]
+    unsafe fn abs_epi8(w: __m512i) -> __m512i {
+        _mm512_abs_epi8(w)
+    }
+    #[inline(always)]
+    unsafe fn store(out: &mut [f32; MAX_OUT], v: __m512) {
+        _mm512_storeu_ps(out.as_mut_ptr(), v)
+    }
+}
+
+/// A group type the kernels multiply.
 pub trait Avx2Group: Interleaved {
-    /// The group in registers: weights and scales.
-    type Unpacked: Copy;
-    /// Loads the group; shared by every activation row multiplied with it.
-    unsafe fn unpack(&self) -> Self::Unpacked;
-    /// Adds the eight rows' products with one activation block to `acc` (lane `r`:
-    /// row `r`).
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256;
-    /// Adds the group's products with `R` activation blocks to `acc`: unpacked once,
+    /// The group (or two, at [`Z`]) in registers: weights and scales.
+    type Unpacked<W: Width>: Copy;
+    /// Loads `self` and, at [`Z`], `hi` above it; shared by every activation row
+    /// multiplied with them.
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W>;
+    /// Adds the rows' products with one activation block to `acc` (lane `r`: row `r`).
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F;
+    /// Adds the groups' products with `R` activation blocks to `acc`: unpacked once,
     /// then [`Self::accumulate`] per row. A type whose unpacked form would not leave
     /// registers for `R` rows overrides it.
     #[inline(always)]
-    unsafe fn accumulate_rows<const R: usize>(&self, a: [&ActBlock; R], acc: &mut [__m256; R]) {
-        let u = self.unpack();
+    unsafe fn accumulate_rows<W: Width, const R: usize>(
+        &self,
+        hi: &Self,
+        a: [&ActBlock; R],
+        acc: &mut [W::F; R],
+    ) {
+        let u = self.unpack::<W>(hi);
         for r in 0..R {
-            acc[r] = Self::accumulate(&u, a[r], acc[r]);
+            acc[r] = Self::accumulate::<W>(&u, a[r], acc[r]);
         }
     }
 }
@@ -50,12 +344,6 @@ unsafe fn load_f16x8(v: &[u16; 8]) -> __m256 {
 #[inline(always)]
 unsafe fn load_f32x8(v: &[f32; 8]) -> __m256 {
     _mm256_loadu_ps(v.as_ptr())
-}
-
-/// Four activation bytes (elements `4i..4i + 4`) in every 32-bit lane.
-#[inline(always)]
-unsafe fn act4(a: &ActBlock, i: usize) -> __m256i {
-    _mm256_set1_epi32((a.qs.as_ptr() as *const i32).add(i).read_unaligned())
 }
 
 /// 128 packed nibble bytes → eight vectors (low nibbles are vectors 0..4, high 4..8).
@@ -80,70 +368,72 @@ unsafe fn load_bytes(q: &[u8; 256]) -> [__m256i; 8] {
     std::array::from_fn(|i| _mm256_loadu_si256(p.add(i)))
 }
 
-/// Σ over vectors `range` of unsigned weights × activations, widened to 32-bit lanes.
-/// The caller keeps the 16-bit pair sums in range (weights ≤ 15 for eight vectors,
-/// ≤ 31 for four, ≤ 63 for two: activations are within ±127).
+/// Eight vectors of each group, joined.
 #[inline(always)]
-unsafe fn unsigned_dot(u: &[__m256i; 8], a: &ActBlock, range: std::ops::Range<usize>) -> __m256i {
-    let mut s = _mm256_setzero_si256();
-    for i in range {
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u[i], act4(a, i)));
-    }
-    _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+unsafe fn join8<W: Width>(lo: [__m256i; 8], hi: [__m256i; 8]) -> [W::I; 8] {
+    std::array::from_fn(|i| W::join(lo[i], hi[i]))
 }
 
 /// `acc + sums · (dw · a.d)`.
 #[inline(always)]
-unsafe fn scaled(sums: __m256i, dw: __m256, a: &ActBlock, acc: __m256) -> __m256 {
-    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
-    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc)
+unsafe fn scaled<W: Width>(sums: W::I, dw: W::F, a: &ActBlock, acc: W::F) -> W::F {
+    let scale = W::mul_ps(dw, W::set1_ps(a.d));
+    W::fmadd_ps(W::cvt_ps(sums), scale, acc)
 }
 
 impl Avx2Group for Q4_0x8 {
-    type Unpacked = ([__m256i; 8], __m256);
+    type Unpacked<W: Width> = ([W::I; 8], W::F);
     #[inline(always)]
-    unsafe fn unpack(&self) -> Self::Unpacked {
-        (unpack_nibbles(&self.qs), load_f16x8(&self.d))
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
+        (
+            join8::<W>(unpack_nibbles(&self.qs), unpack_nibbles(&hi.qs)),
+            W::join_ps(load_f16x8(&self.d), load_f16x8(&hi.d)),
+        )
     }
     #[inline(always)]
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
         // Σ (q - 8)·a = Σ q·a - 8·Σ a.
-        let s = _mm256_sub_epi32(unsigned_dot(&u.0, a, 0..8), _mm256_set1_epi32(8 * a.sum));
-        scaled(s, u.1, a, acc)
+        let s = W::sub(
+            W::unsigned_dot(W::zero(), &u.0, a, 0..8),
+            W::set1(8 * a.sum),
+        );
+        scaled::<W>(s, u.1, a, acc)
     }
 }
 
 impl Avx2Group for Q4_1x8 {
-    type Unpacked = ([__m256i; 8], __m256, __m256);
+    type Unpacked<W: Width> = ([W::I; 8], W::F, W::F);
     #[inline(always)]
-    unsafe fn unpack(&self) -> Self::Unpacked {
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            unpack_nibbles(&self.qs),
-            load_f16x8(&self.d),
-            load_f16x8(&self.m),
+            join8::<W>(unpack_nibbles(&self.qs), unpack_nibbles(&hi.qs)),
+            W::join_ps(load_f16x8(&self.d), load_f16x8(&hi.d)),
+            W::join_ps(load_f16x8(&self.m), load_f16x8(&hi.m)),
         )
     }
     #[inline(always)]
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
-        let acc = scaled(unsigned_dot(&u.0, a, 0..8), u.1, a, acc);
-        _mm256_fmadd_ps(u.2, _mm256_set1_ps(a.s), acc)
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
+        let s = W::unsigned_dot(W::zero(), &u.0, a, 0..8);
+        let acc = scaled::<W>(s, u.1, a, acc);
+        W::fmadd_ps(u.2, W::set1_ps(a.s), acc)
     }
 }
 
 impl Avx2Group for Q4Kx8 {
-    type Unpacked = ([__m256i; 8], __m256, __m256);
+    type Unpacked<W: Width> = ([W::I; 8], W::F, W::F);
     #[inline(always)]
-    unsafe fn unpack(&self) -> Self::Unpacked {
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            unpack_nibbles(&self.qs),
-            load_f32x8(&self.d),
-            load_f32x8(&self.m),
+            join8::<W>(unpack_nibbles(&self.qs), unpack_nibbles(&hi.qs)),
+            W::join_ps(load_f32x8(&self.d), load_f32x8(&hi.d)),
+            W::join_ps(load_f32x8(&self.m), load_f32x8(&hi.m)),
         )
     }
     #[inline(always)]
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
-        let acc = scaled(unsigned_dot(&u.0, a, 0..8), u.1, a, acc);
-        _mm256_fmadd_ps(u.2, _mm256_set1_ps(a.d * a.sum as f32), acc)
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
+        let s = W::unsigned_dot(W::zero(), &u.0, a, 0..8);
+        let acc = scaled::<W>(s, u.1, a, acc);
+        W::fmadd_ps(u.2, W::set1_ps(a.d * a.sum as f32), acc)
     }
 }
 
@@ -162,108 +452,109 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// A Q5_0 group's 5-bit values in eight vectors.
+#[inline(always)]
+unsafe fn unpack_q5(g: &Q5_0x8) -> [__m256i; 8] {
+    let lo = unpack_nibbles(&g.qs);
+    std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(g.qh[i])))
+}
+
 impl Avx2Group for Q5_0x8 {
-    type Unpacked = ([__m256i; 8], __m256);
+    type Unpacked<W: Width> = ([W::I; 8], W::F);
     #[inline(always)]
-    unsafe fn unpack(&self) -> Self::Unpacked {
-        let lo = unpack_nibbles(&self.qs);
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(self.qh[i]))),
-            load_f16x8(&self.d),
+            join8::<W>(unpack_q5(self), unpack_q5(hi)),
+            W::join_ps(load_f16x8(&self.d), load_f16x8(&hi.d)),
         )
     }
     #[inline(always)]
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
         // Values are 0..=31 stored for q - 16: two halves keep the pair sums in 16 bits.
-        let s = _mm256_add_epi32(unsigned_dot(&u.0, a, 0..4), unsigned_dot(&u.0, a, 4..8));
-        scaled(
-            _mm256_sub_epi32(s, _mm256_set1_epi32(16 * a.sum)),
-            u.1,
-            a,
-            acc,
-        )
+        let s = W::unsigned_dot(W::zero(), &u.0, a, 0..4);
+        let s = W::unsigned_dot(s, &u.0, a, 4..8);
+        scaled::<W>(W::sub(s, W::set1(16 * a.sum)), u.1, a, acc)
     }
 }
 
 impl Avx2Group for Q6Kx8 {
-    type Unpacked = ([__m256i; 8], __m256, __m256);
+    type Unpacked<W: Width> = ([W::I; 8], W::F, W::F);
     #[inline(always)]
-    unsafe fn unpack(&self) -> Self::Unpacked {
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            load_bytes(&self.q),
-            load_f32x8(&self.d[0]),
-            load_f32x8(&self.d[1]),
+            join8::<W>(load_bytes(&self.q), load_bytes(&hi.q)),
+            W::join_ps(load_f32x8(&self.d[0]), load_f32x8(&hi.d[0])),
+            W::join_ps(load_f32x8(&self.d[1]), load_f32x8(&hi.d[1])),
         )
     }
     #[inline(always)]
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
         // Values are 0..=63 stored for q - 32, each half (16 elements) with its scale.
         let half = |range: std::ops::Range<usize>, sum: i32| {
-            let s = _mm256_add_epi32(
-                unsigned_dot(&u.0, a, range.start..range.start + 2),
-                unsigned_dot(&u.0, a, range.start + 2..range.end),
-            );
-            _mm256_sub_epi32(s, _mm256_set1_epi32(32 * sum))
+            let mid = range.start + 2;
+            let s = W::unsigned_dot(W::zero(), &u.0, a, range.start..mid);
+            let s = W::unsigned_dot(s, &u.0, a, mid..range.end);
+            W::sub(s, W::set1(32 * sum))
         };
-        let acc = scaled(half(0..4, a.sum_lo), u.1, a, acc);
-        scaled(half(4..8, a.sum - a.sum_lo), u.2, a, acc)
+        let acc = scaled::<W>(half(0..4, a.sum_lo), u.1, a, acc);
+        scaled::<W>(half(4..8, a.sum - a.sum_lo), u.2, a, acc)
     }
 }
 
+/// 256 bytes of Q8_0 weights: vector `i` of one group.
+#[inline(always)]
+unsafe fn q8_vector(g: &Q8_0x8, i: usize) -> __m256i {
+    _mm256_loadu_si256((g.qs.as_ptr() as *const __m256i).add(i))
+}
+
 impl Avx2Group for Q8_0x8 {
-    type Unpacked = ([__m256i; 8], __m256);
+    type Unpacked<W: Width> = ([W::I; 8], W::F);
     #[inline(always)]
-    unsafe fn unpack(&self) -> Self::Unpacked {
-        let p = self.qs.as_ptr() as *const __m256i;
+    unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            std::array::from_fn(|i| _mm256_loadu_si256(p.add(i))),
-            load_f16x8(&self.d),
+            std::array::from_fn(|i| W::join(q8_vector(self, i), q8_vector(hi, i))),
+            W::join_ps(load_f16x8(&self.d), load_f16x8(&hi.d)),
         )
     }
     #[inline(always)]
-    unsafe fn accumulate(u: &Self::Unpacked, a: &ActBlock, acc: __m256) -> __m256 {
-        let mut s = _mm256_setzero_si256();
+    unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
+        let mut s = W::zero();
         for (i, &w) in u.0.iter().enumerate() {
-            s = _mm256_add_epi32(s, signed_dot(w, _mm256_sign_epi8(w, w), act4(a, i)));
+            s = W::signed_dot(s, w, W::abs_epi8(w), act4(a, i));
         }
-        scaled(s, u.1, a, acc)
+        scaled::<W>(s, u.1, a, acc)
     }
     /// Vector by vector across two or four rows: eight weight vectors and their
     /// magnitudes held for four rows left no registers for the sums (the compiler
     /// spilled to the stack inside the loop of the output projection). The integer sums
     /// are exact, so the order changes nothing.
     #[inline(always)]
-    unsafe fn accumulate_rows<const R: usize>(&self, a: [&ActBlock; R], acc: &mut [__m256; R]) {
+    unsafe fn accumulate_rows<W: Width, const R: usize>(
+        &self,
+        hi: &Self,
+        a: [&ActBlock; R],
+        acc: &mut [W::F; R],
+    ) {
         if R == 1 {
             // One row has the registers, and loads all eight vectors first (a third
             // faster than this order for one row).
-            let u = self.unpack();
-            acc[0] = Self::accumulate(&u, a[0], acc[0]);
+            let u = self.unpack::<W>(hi);
+            acc[0] = Self::accumulate::<W>(&u, a[0], acc[0]);
             return;
         }
-        let p = self.qs.as_ptr() as *const __m256i;
-        let mut s = [_mm256_setzero_si256(); R];
+        let mut s = [W::zero(); R];
         for i in 0..8 {
-            let w = _mm256_loadu_si256(p.add(i));
-            let magnitude = _mm256_sign_epi8(w, w);
+            let w = W::join(q8_vector(self, i), q8_vector(hi, i));
+            let magnitude = W::abs_epi8(w);
             for r in 0..R {
-                s[r] = _mm256_add_epi32(s[r], signed_dot(w, magnitude, act4(a[r], i)));
+                s[r] = W::signed_dot(s[r], w, magnitude, act4(a[r], i));
             }
         }
-        let d = load_f16x8(&self.d);
+        let d = W::join_ps(load_f16x8(&self.d), load_f16x8(&hi.d));
         for r in 0..R {
-            acc[r] = scaled(s[r], d, a[r], acc[r]);
+            acc[r] = scaled::<W>(s[r], d, a[r], acc[r]);
         }
     }
-}
-
-/// Products of signed weights `w` (`magnitude`: |w|) with four activation bytes per
-/// lane, pair-summed into 32-bit lanes. The weight's sign moves onto the activation so
-/// `maddubs` takes |w|; a pair of products fits 16 bits, so each vector widens alone.
-#[inline(always)]
-unsafe fn signed_dot(w: __m256i, magnitude: __m256i, a: __m256i) -> __m256i {
-    let p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(a, w));
-    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
 }
 
 /// How many bytes ahead of the group being multiplied the weights are requested from
@@ -284,25 +575,88 @@ unsafe fn prefetch_ahead<G>(g: &G) {
     }
 }
 
-/// `out[r][j] = row j of the group · acts[r]` for one group of eight weight rows
-/// (`w`: its blocks in order) and `R` activation rows.
+/// `out[r][j] = row j of the groups · acts[r]` for one group of eight weight rows
+/// (`w`: its blocks in order; `hi` unused) at [`Y`], or two at [`Z`] (`hi`: the second
+/// group's blocks, rows 8..16 of `out`), and `R` activation rows.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; every `acts[r]` is at least as long as `w`.
+/// The CPU must support AVX2, FMA and F16C (and AVX-512 at [`Z`], which only builds
+/// for such CPUs have); every `acts[r]` and `hi` are at least as long as `w`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemv<G: Avx2Group, const R: usize>(
+pub unsafe fn gemv<G: Avx2Group, W: Width, const R: usize>(
     w: &[G],
+    hi: &[G],
     acts: [&[ActBlock]; R],
-    out: &mut [[f32; 8]; R],
+    out: &mut [[f32; MAX_OUT]; R],
 ) {
-    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc = [W::zero_ps(); R];
     for (b, g) in w.iter().enumerate() {
+        let h = if W::GROUPS == 2 {
+            hi.get_unchecked(b)
+        } else {
+            g
+        };
         prefetch_ahead(g);
-        g.accumulate_rows(std::array::from_fn(|r| acts[r].get_unchecked(b)), &mut acc);
+        if W::GROUPS == 2 {
+            // The second group is a stream of its own: without this the two-group
+            // kernel ran a quarter slower than the one-group one on SmolLM2's decode.
+            prefetch_ahead(h);
+        }
+        g.accumulate_rows::<W, R>(
+            h,
+            std::array::from_fn(|r| acts[r].get_unchecked(b)),
+            &mut acc,
+        );
     }
     for r in 0..R {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        W::store(&mut out[r], acc[r]);
     }
+}
+
+/// [`gemv`] behind the checks its safety needs, as a plain function pointer.
+fn checked<G: Avx2Group, W: Width, const R: usize>(
+    w: &[G],
+    hi: &[G],
+    a: [&[ActBlock]; R],
+    out: &mut [[f32; MAX_OUT]; R],
+) {
+    assert!(W::GROUPS == 1 || hi.len() >= w.len());
+    for r in &a {
+        assert!(r.len() >= w.len());
+    }
+    // SAFETY: the kernels are picked only after `available()` checked the CPU has AVX2,
+    // FMA and F16C (and `Z` exists only in builds for CPUs with AVX-512); every
+    // activation row and `hi` are as long as the group's blocks.
+    unsafe { gemv::<G, W, R>(w, hi, a, out) }
+}
+
+/// The single-group kernels.
+pub(crate) fn kernel<G: Avx2Group>() -> Kernel<G> {
+    Kernel {
+        groups: 1,
+        k1: checked::<G, Y, 1>,
+        k2: checked::<G, Y, 2>,
+        k4: checked::<G, Y, 4>,
+    }
+}
+
+/// The two-group kernels, in builds for CPUs with AVX-512 ([`WIDE`]).
+pub(crate) fn wide_kernel<G: Avx2Group>() -> Option<Kernel<G>> {
+    #[cfg(all(
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512dq",
+        target_feature = "avx512vl",
+        target_feature = "avx512vnni"
+    ))]
+    return Some(Kernel {
+        groups: 2,
+        k1: checked::<G, Z, 1>,
+        k2: checked::<G, Z, 2>,
+        k4: checked::<G, Z, 4>,
+    });
+    #[allow(unreachable_code)]
+    None
 }
 
 /// [`super::blocks::quantize_row`] eight activations at a time, with the same results
