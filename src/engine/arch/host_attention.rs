@@ -9,6 +9,8 @@
 
 use std::cell::RefCell;
 
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
 use super::RopeStyle;
 
 /// What the attention of one layer needs to know about the model.
@@ -68,11 +70,18 @@ pub struct Span {
 }
 
 /// One sequence's cache of one layer, `[n_head_kv, capacity, head_dim]` for keys and
-/// for values, already holding the positions its new rows attend to.
+/// for values as f16 bits, already holding the positions its new rows attend to.
 pub struct KvView<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: &'a [u16],
+    pub v: &'a [u16],
     pub capacity: usize,
+}
+
+/// Cached rows (f16 bits) into f32, a chunk at a time into a buffer that stays in L1.
+#[inline]
+fn widen(src: &[u16], dst: &mut [f32]) {
+    src.reinterpret_cast::<half::f16>()
+        .convert_to_f32_slice(dst);
 }
 
 #[inline]
@@ -90,9 +99,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Value rows taken together by [`add_weighted_rows`]: 32 rows of a 64-wide head are
-/// 8 KiB, in L1 while each head of a group goes over them.
-const VALUE_ROWS: usize = 32;
+/// Cached rows widened and taken together (keys against every head of a group, values
+/// by [`add_weighted_rows`]): 32 rows of a 64-wide head are 8 KiB, in L1 while each head
+/// of a group goes over them.
+const CHUNK_ROWS: usize = 32;
 
 /// Columns of a head summed in registers at a time (eight AVX vectors).
 const COLS: usize = 64;
@@ -150,10 +160,15 @@ pub fn attend<'a>(
     let out_len = out.len();
     let work = |units: std::ops::Range<usize>| {
         thread_local! {
-            static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+            /// Scores, and one chunk of cached rows widened to f32.
+            static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> =
+                const { RefCell::new((Vec::new(), Vec::new())) };
         }
-        SCORES.with(|cell| {
-            let mut scores = cell.borrow_mut();
+        SCRATCH.with(|cell| {
+            let (scores, rows) = &mut *cell.borrow_mut();
+            if rows.len() < CHUNK_ROWS * d {
+                rows.resize(CHUNK_ROWS * d, 0.0);
+            }
             for u in units {
                 let (row, g) = (u / n_head_kv, u % n_head_kv);
                 let si = spans.partition_point(|s| s.first <= row) - 1;
@@ -177,9 +192,14 @@ pub fn attend<'a>(
                 let sc = &mut scores[..rep * n];
                 // Every head of the group against each key in turn: a key is read once
                 // for all of them (each head's sums are still taken in the same order).
-                for (j, key) in keys.chunks_exact(d).enumerate() {
-                    for (r, qh) in qs.chunks_exact(d).enumerate() {
-                        sc[r * n + j] = scale * dot(qh, key);
+                for j0 in (0..n).step_by(CHUNK_ROWS) {
+                    let j1 = (j0 + CHUNK_ROWS).min(n);
+                    let chunk = &mut rows[..(j1 - j0) * d];
+                    widen(&keys[j0 * d..j1 * d], chunk);
+                    for (j, key) in chunk.chunks_exact(d).enumerate() {
+                        for (r, qh) in qs.chunks_exact(d).enumerate() {
+                            sc[r * n + j0 + j] = scale * dot(qh, key);
+                        }
                     }
                 }
                 for head in sc.chunks_exact_mut(n) {
@@ -204,9 +224,11 @@ pub fn attend<'a>(
                 o.fill(0.0);
                 // Value rows a chunk at a time (small enough to stay in L1 while every
                 // head of the group reads them).
-                for j0 in (0..n).step_by(VALUE_ROWS) {
-                    let j1 = (j0 + VALUE_ROWS).min(n);
-                    let chunk = &values[j0 * d..j1 * d];
+                for j0 in (0..n).step_by(CHUNK_ROWS) {
+                    let j1 = (j0 + CHUNK_ROWS).min(n);
+                    let chunk = &mut rows[..(j1 - j0) * d];
+                    widen(&values[j0 * d..j1 * d], chunk);
+                    let chunk = &*chunk;
                     for (r, oh) in o.chunks_exact_mut(d).enumerate() {
                         add_weighted_rows(oh, &sc[r * n + j0..r * n + j1], chunk);
                     }
@@ -239,6 +261,18 @@ mod tests {
         o
     }
 
+    /// Cache contents: values an f16 holds exactly, and their bits.
+    fn cached(n: usize, seed: u32) -> (Vec<f32>, Vec<u16>) {
+        let h: Vec<half::f16> = values(n, seed)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        (
+            h.iter().map(|x| x.to_f32()).collect(),
+            h.iter().map(|x| x.to_bits()).collect(),
+        )
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut x = seed;
         (0..n)
@@ -260,8 +294,8 @@ mod tests {
                 scale: 0.25,
                 window,
             };
-            let k = values(n_kv * cap * d, 1);
-            let v = values(n_kv * cap * d, 2);
+            let (k, k_bits) = cached(n_kv * cap * d, 1);
+            let (v, v_bits) = cached(n_kv * cap * d, 2);
             // Two sequences sharing the cache contents: 3 new rows at 5.., 1 row at 9.
             let spans = [
                 Span {
@@ -276,8 +310,8 @@ mod tests {
                 },
             ];
             let kv = |_: usize| KvView {
-                k: &k,
-                v: &v,
+                k: &k_bits,
+                v: &v_bits,
                 capacity: cap,
             };
             let q = values(4 * n_head * d, 3);
@@ -342,12 +376,12 @@ mod tests {
             scale: 0.125,
             window: None,
         };
-        let k = values(n_kv * cap * d, 4);
-        let v = values(n_kv * cap * d, 5);
+        let (k, k_bits) = cached(n_kv * cap * d, 4);
+        let (v, v_bits) = cached(n_kv * cap * d, 5);
         let q = values(n_head * d, 6);
         let kv = |_: usize| KvView {
-            k: &k,
-            v: &v,
+            k: &k_bits,
+            v: &v_bits,
             capacity: cap,
         };
         let spans = [Span {
