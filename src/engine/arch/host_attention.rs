@@ -206,7 +206,7 @@ pub fn attend<'a>(
                     let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                     let mut sum = 0f32;
                     for slot in head.iter_mut() {
-                        *slot = (*slot - max).exp();
+                        *slot = super::host_ops::exp(*slot - max);
                         sum += *slot;
                     }
                     let inv = 1.0 / sum;
@@ -343,7 +343,7 @@ mod tests {
         let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f32;
         for v in sc.iter_mut() {
-            *v = (*v - max).exp();
+            *v = crate::engine::arch::host_ops::exp(*v - max);
             sum += *v;
         }
         let inv = 1.0 / sum;
