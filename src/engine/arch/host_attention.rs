@@ -99,6 +99,36 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `f` folded over eight lanes of `v` (a lane per eighth of the values, the tail in
+/// lane order), then over the lanes: a fold one value at a time is a chain the compiler
+/// must keep in order, eight lanes are one vector.
+#[inline(always)]
+fn fold8(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = f(lanes[l], c[l]);
+        }
+    }
+    for (l, &x) in tail.iter().enumerate() {
+        lanes[l] = f(lanes[l], x);
+    }
+    lanes.into_iter().fold(init, f)
+}
+
+/// Softmax of one head's scores in place, in vector-wide passes (maximum, `exp`, sum,
+/// scale): a single pass that summed as it went kept every `exp` scalar.
+fn softmax(scores: &mut [f32]) {
+    let max = fold8(scores, f32::NEG_INFINITY, f32::max);
+    for s in scores.iter_mut() {
+        *s = super::host_ops::exp(*s - max);
+    }
+    let inv = 1.0 / fold8(scores, 0.0, |a, b| a + b);
+    scores.iter_mut().for_each(|w| *w *= inv);
+}
+
 /// Cached rows widened and taken together (keys against every head of a group, values
 /// by [`add_weighted_rows`]): 32 rows of a 64-wide head are 8 KiB, in L1 while each head
 /// of a group goes over them.
@@ -203,14 +233,7 @@ pub fn attend<'a>(
                     }
                 }
                 for head in sc.chunks_exact_mut(n) {
-                    let max = head.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0f32;
-                    for slot in head.iter_mut() {
-                        *slot = super::host_ops::exp(*slot - max);
-                        sum += *slot;
-                    }
-                    let inv = 1.0 / sum;
-                    head.iter_mut().for_each(|w| *w *= inv);
+                    softmax(head);
                 }
                 assert!(
                     start + rep * d <= out_len,
@@ -340,16 +363,9 @@ mod tests {
     /// scores key by key, softmax, then values row by row.
     fn one_head(q: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32) -> Vec<f32> {
         let mut sc: Vec<f32> = keys.chunks_exact(d).map(|k| scale * dot(q, k)).collect();
-        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0f32;
-        for v in sc.iter_mut() {
-            *v = crate::engine::arch::host_ops::exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
+        softmax(&mut sc);
         let mut o = vec![0f32; d];
-        for (w, value) in sc.iter().zip(values.chunks_exact(d)) {
-            let w = w * inv;
+        for (&w, value) in sc.iter().zip(values.chunks_exact(d)) {
             for (x, y) in o.iter_mut().zip(value) {
                 *x = w.mul_add(*y, *x);
             }
