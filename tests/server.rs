@@ -282,7 +282,6 @@ fn bad_requests_get_a_4xx_with_an_openai_error_body() {
         ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-9"}"#.into(), 404),
         ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"wat"}}}}"#.into(), 400),
         ("/v1/chat/completions", json!({"messages":[{"role":"user","content": long}]}).to_string(), 400),
-        ("/v1/chat/completions", "x".repeat(300_000), 413),
         ("/v1/completions", r#"{"prompt":["a","b"]}"#.into(), 400),
         ("/v1/pathos/rewrite", r#"{"text":"hi","target":"glee-ish"}"#.into(), 400),
         ("/v1/pathos/detect", r#"{"text":"  "}"#.into(), 400),
@@ -300,6 +299,16 @@ fn bad_requests_get_a_4xx_with_an_openai_error_body() {
         );
         assert!(v["error"]["type"].is_string(), "{v}");
     }
+    // An over-limit body is refused from its declared length, before it is sent: a
+    // client still writing 300 KB when the answer comes would see a broken pipe.
+    let (code, v) = declared_length_only(&s.addr(), "/v1/chat/completions", 300_000);
+    assert_eq!(code, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("200000")),
+        "{v}"
+    );
     let (code, v) = s.get("/v1/chat/completions", None);
     assert_eq!(code, 405, "{v}");
     assert!(v["error"]["message"].is_string());
@@ -350,6 +359,46 @@ fn an_open_address_needs_an_api_key_and_the_key_is_checked() {
     assert_eq!(code, 200);
     let (code, _) = s.get("/health", None);
     assert_eq!(code, 200, "health stays open for probes");
+}
+
+/// Sends the head of a POST whose body would be `len` bytes, and none of the body, on a
+/// raw socket; returns the answer's status and JSON body.
+fn declared_length_only(addr: &str, path: &str, len: usize) -> (u16, Value) {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    write!(
+        sock,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(sock);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {status:?}"));
+    let mut content_length = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let n = content_length.expect("the answer declares its length");
+    let mut body = vec![0u8; n];
+    reader.read_exact(&mut body).unwrap();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("status {code}: body is not JSON ({e})"));
+    (code, v)
 }
 
 /// Sends a streaming request on a raw socket and returns the socket after the first

@@ -212,9 +212,22 @@ async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Next) 
 }
 
 /// Counts every response by status, and gives the framework's own refusals (body too
-/// large, wrong method, …) the JSON error body every other error has.
+/// large, wrong method, …) the JSON error body every other error has. A body whose
+/// declared length is over the limit is refused before any of it is read, so a client
+/// that waits for `100 Continue` never sends it, and one that does not still gets the
+/// answer before most of its upload.
 async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut res = match declared {
+        Some(n) if n > st.options.body_limit as u64 => {
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response()
+        }
+        _ => next.run(req).await,
+    };
     let status = res.status();
     let json = res
         .headers()
