@@ -387,10 +387,10 @@ fn declared_length_only(addr: &str, path: &str, len: usize) -> (u16, Value) {
         if line.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse::<usize>().ok();
-            }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            content_length = v.trim().parse::<usize>().ok();
         }
     }
     let n = content_length.expect("the answer declares its length");
