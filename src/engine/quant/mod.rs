@@ -303,7 +303,10 @@ fn pick<G: Pick>() -> Picked<G> {
 /// memory once per step (a decode step of up to eight agents) the one-group kernels
 /// were faster on SmolLM2 (four agents 596-609 t/s against 552-603 two-group, eight
 /// 700-719 against 677-686, same binary, interleaved runs); over a 128-token prompt the
-/// two-group ones were 12-20% faster (1370-1460 t/s against 1220-1230).
+/// two-group ones were 12-20% faster (1370-1460 t/s against 1220-1230). Four rows for
+/// Q4_1 alone, with the two-group prefetch 5120 bytes ahead, gave SmolLM2's four agents
+/// 1304 against 1277 t/s (medians of 16 interleaved rounds, within noise) but cut its
+/// 128-token prompts from 2418-2839 to 2104-2403 t/s, so sixteen stays for every type.
 const WIDE_ROWS: usize = 16;
 
 /// Groups a worker takes at a time: two where the kernels multiply two at once, so no
