@@ -306,7 +306,7 @@ fn pick<G: Pick>() -> Picked<G> {
 /// two-group ones were 12-20% faster (1370-1460 t/s against 1220-1230). Four rows for
 /// Q4_1 alone, with the two-group prefetch 5120 bytes ahead, gave SmolLM2's four agents
 /// 1304 against 1277 t/s (medians of 16 interleaved rounds, within noise) but cut its
-/// 128-token prompts from 2418-2839 to 2104-2403 t/s, so sixteen stays for every type.
+/// 128-token prompts from 2419-2839 to 2104-2404 t/s, so sixteen stays for every type.
 const WIDE_ROWS: usize = 16;
 
 /// Groups a worker takes at a time: two where the kernels multiply two at once, so no
