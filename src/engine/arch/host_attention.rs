@@ -12,6 +12,8 @@ use std::cell::RefCell;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::RopeStyle;
+#[cfg(target_arch = "x86_64")]
+use crate::engine::quant::Kernels;
 
 /// What the attention of one layer needs to know about the model.
 #[derive(Debug, Clone, Copy)]
@@ -207,6 +209,8 @@ pub fn attend<'a>(
     let total = spans.last().map_or(0, |s| (s.first + s.t) * n_head_kv);
     let out_addr = out.as_mut_ptr() as usize;
     let out_len = out.len();
+    #[cfg(target_arch = "x86_64")]
+    let direct = d % f16c::COLS == 0 && crate::engine::quant::kernels() == Kernels::Avx2;
     let work = |units: std::ops::Range<usize>| {
         thread_local! {
             /// Scores, and one chunk of cached rows widened to f32.
@@ -249,8 +253,16 @@ pub fn attend<'a>(
                     } else {
                         prefetch(&values[..CHUNK_ROWS.min(n) * d]);
                     }
+                    let cached = &keys[j0 * d..j1 * d];
+                    #[cfg(target_arch = "x86_64")]
+                    if direct {
+                        // SAFETY: `direct` only where the CPU has AVX2, FMA and F16C and
+                        // heads are a multiple of 64 wide.
+                        unsafe { f16c::scores(qs, cached, d, scale, sc, n, j0) };
+                        continue;
+                    }
                     let chunk = &mut rows[..(j1 - j0) * d];
-                    widen(&keys[j0 * d..j1 * d], chunk);
+                    widen(cached, chunk);
                     for (j, key) in chunk.chunks_exact(d).enumerate() {
                         for (r, qh) in qs.chunks_exact(d).enumerate() {
                             sc[r * n + j0 + j] = scale * dot(qh, key);
@@ -277,8 +289,19 @@ pub fn attend<'a>(
                     if j1 < n {
                         prefetch(&values[j1 * d..(j1 + CHUNK_ROWS).min(n) * d]);
                     }
+                    let cached = &values[j0 * d..j1 * d];
+                    #[cfg(target_arch = "x86_64")]
+                    if direct {
+                        for (r, oh) in o.chunks_exact_mut(d).enumerate() {
+                            // SAFETY: as for the scores.
+                            unsafe {
+                                f16c::add_weighted_rows(oh, &sc[r * n + j0..r * n + j1], cached)
+                            };
+                        }
+                        continue;
+                    }
                     let chunk = &mut rows[..(j1 - j0) * d];
-                    widen(&values[j0 * d..j1 * d], chunk);
+                    widen(cached, chunk);
                     let chunk = &*chunk;
                     for (r, oh) in o.chunks_exact_mut(d).enumerate() {
                         add_weighted_rows(oh, &sc[r * n + j0..r * n + j1], chunk);
@@ -288,6 +311,161 @@ pub fn attend<'a>(
         });
     };
     crate::engine::quant::split_over_workers(total, work);
+}
+
+/// The products with cached rows read straight from their f16 bits (F16C) and the
+/// scores of eight keys reduced together: at a debate's short contexts each score's
+/// own horizontal sum (seven dependent scalar adds after eight multiply-adds) was most
+/// of attention's time. Each sum is taken in the same order as [`dot`] and
+/// [`super::add_weighted_rows`] take it, so results are the same to the bit.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::*;
+
+    /// Head widths this path takes: whole 64-column blocks of eight vectors.
+    pub const COLS: usize = super::COLS;
+
+    /// `sc[r * n + j0 + j] = scale · q_r·key_j` for every head `r` of `qs` (`d` wide) and
+    /// every key row `j` of `keys`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `d` must be a multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores(
+        qs: &[f32],
+        keys: &[u16],
+        d: usize,
+        scale: f32,
+        sc: &mut [f32],
+        n: usize,
+        j0: usize,
+    ) {
+        // `dot`'s reduction: its lanes in order from the empty sum, then its (empty)
+        // tail.
+        let empty: f32 = [0f32; 0].iter().sum();
+        let rows = keys.len() / d;
+        let mut j = 0;
+        // Eight keys at a time: eight independent sums, whose lanes are then
+        // transposed and added in lane order, one vector add for all eight instead of
+        // seven scalar adds for each.
+        while j + 8 <= rows {
+            for (r, qh) in qs.chunks_exact(d).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..d).step_by(8) {
+                    // SAFETY: `c + 8 <= d`, the width of the query and of each key row
+                    // `j + t < rows`.
+                    unsafe {
+                        let q = _mm256_loadu_ps(qh.as_ptr().add(c));
+                        for (t, a) in acc.iter_mut().enumerate() {
+                            let k = key_bits(keys, (j + t) * d + c);
+                            *a = _mm256_fmadd_ps(q, k, *a);
+                        }
+                    }
+                }
+                let lanes = transpose(acc);
+                let mut sum = _mm256_set1_ps(empty);
+                for l in lanes {
+                    sum = _mm256_add_ps(sum, l);
+                }
+                let sum = _mm256_mul_ps(
+                    _mm256_set1_ps(scale),
+                    _mm256_add_ps(sum, _mm256_set1_ps(empty)),
+                );
+                // SAFETY: `j + 8 <= rows <= n - j0`, so the eight scores lie in head r's.
+                unsafe { _mm256_storeu_ps(sc.as_mut_ptr().add(r * n + j0 + j), sum) };
+            }
+            j += 8;
+        }
+        for (jj, key) in keys.chunks_exact(d).enumerate().skip(j) {
+            for (r, qh) in qs.chunks_exact(d).enumerate() {
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..d).step_by(8) {
+                    // SAFETY: `c + 8 <= d`, the length of both rows.
+                    let (k, q) = unsafe { (key_bits(key, c), _mm256_loadu_ps(qh.as_ptr().add(c))) };
+                    acc = _mm256_fmadd_ps(q, k, acc);
+                }
+                let mut lanes = [0f32; 8];
+                // SAFETY: eight floats of room.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                let sum = lanes.iter().fold(empty, |a, &b| a + b);
+                sc[r * n + j0 + jj] = scale * (sum + empty);
+            }
+        }
+    }
+
+    /// Eight f16 values from `bits[at..]` as floats.
+    ///
+    /// # Safety
+    /// `at + 8 <= bits.len()`; the CPU must have F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn key_bits(bits: &[u16], at: usize) -> __m256 {
+        debug_assert!(at + 8 <= bits.len());
+        // SAFETY: in bounds (the caller's promise).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(at).cast())) }
+    }
+
+    /// Rows of an 8×8 block as its columns: `out[l]` holds lane `l` of every `rows[t]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// `o += Σ_j w[j] · rows[j]`, `rows` as f16 bits, 64 columns at a time in registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `o.len()` must be a multiple of 64.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn add_weighted_rows(o: &mut [f32], w: &[f32], rows: &[u16]) {
+        let d = o.len();
+        for c0 in (0..d).step_by(COLS) {
+            let mut acc = [_mm256_setzero_ps(); COLS / 8];
+            for (v, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `c0 + 64 <= d`.
+                *a = unsafe { _mm256_loadu_ps(o.as_ptr().add(c0 + 8 * v)) };
+            }
+            for (&wj, row) in w.iter().zip(rows.chunks_exact(d)) {
+                let wv = _mm256_set1_ps(wj);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `c0 + 64 <= d`, the row's length.
+                    let x = unsafe {
+                        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(c0 + 8 * v).cast()))
+                    };
+                    *a = _mm256_fmadd_ps(wv, x, *a);
+                }
+            }
+            for (v, a) in acc.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * v), *a) };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +510,43 @@ mod tests {
                 (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
             })
             .collect()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn products_read_from_f16_bits_equal_the_widened_ones_to_the_bit() {
+        if crate::engine::quant::kernels() != crate::engine::quant::Kernels::Avx2 {
+            return;
+        }
+        for d in [64, 128, 256] {
+            let (rep, n) = (3, 37);
+            let qs = values(rep * d, 7);
+            let (_, keys) = cached(n * d, 11);
+            let (_, vals) = cached(n * d, 13);
+            let mut widened = vec![0f32; n * d];
+            widen(&keys, &mut widened);
+            let mut want = vec![0f32; rep * n];
+            for (j, key) in widened.chunks_exact(d).enumerate() {
+                for (r, qh) in qs.chunks_exact(d).enumerate() {
+                    want[r * n + j] = 0.125 * dot(qh, key);
+                }
+            }
+            let mut got = vec![0f32; rep * n];
+            // SAFETY: the kernels are AVX2 ones (checked above); d is a multiple of 64.
+            unsafe { f16c::scores(&qs, &keys, d, 0.125, &mut got, n, 0) };
+            assert_eq!(bits(&got), bits(&want), "scores, d = {d}");
+            let w = values(n, 17);
+            widen(&vals, &mut widened);
+            let (mut want, mut got) = (values(d, 19), values(d, 19));
+            add_weighted_rows(&mut want, &w, &widened);
+            // SAFETY: as above.
+            unsafe { f16c::add_weighted_rows(&mut got, &w, &vals) };
+            assert_eq!(bits(&got), bits(&want), "weighted rows, d = {d}");
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
