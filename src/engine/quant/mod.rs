@@ -248,6 +248,8 @@ pub(crate) struct Kernel<G> {
 struct Picked<G> {
     one: Kernel<G>,
     two: Option<Kernel<G>>,
+    /// Two-group kernels for decode batches, and the fewest rows they take.
+    batch: Option<(Kernel<G>, usize)>,
 }
 
 /// Portable products over the interleaved layout, block by block as the file's
@@ -286,6 +288,7 @@ fn pick<G: Pick>() -> Picked<G> {
         return Picked {
             one: x86::kernel::<G>(),
             two: x86::wide_kernel::<G>(),
+            batch: x86::batch_wide_kernel::<G>(),
         };
     }
     Picked {
@@ -296,6 +299,7 @@ fn pick<G: Pick>() -> Picked<G> {
             k4: gemv_scalar::<G, 4>,
         },
         two: None,
+        batch: None,
     }
 }
 
@@ -303,11 +307,12 @@ fn pick<G: Pick>() -> Picked<G> {
 /// memory once per step (a decode step of up to eight agents) the one-group kernels
 /// were faster on SmolLM2 (four agents 596-609 t/s against 552-603 two-group, eight
 /// 700-719 against 677-686, same binary, interleaved runs); over a 128-token prompt the
-/// two-group ones were 12-20% faster (1370-1460 t/s against 1220-1230). Four rows for
-/// Q4_1 alone, with the two-group prefetch 5120 bytes ahead, gave SmolLM2's four agents
-/// 1304 against 1277 t/s (medians of 16 interleaved rounds, within noise) but cut its
-/// 128-token prompts from 2419-2839 to 2104-2404 t/s, so sixteen stays for every type.
-const WIDE_ROWS: usize = 16;
+/// two-group ones were 12-20% faster (1370-1460 t/s against 1220-1230). Q4_1 takes
+/// them from four rows (`x86::Avx2Group::BATCH_WIDE_ROWS`) through kernels of their own
+/// that prefetch 5120 bytes ahead: SmolLM2's four agents ran 4% faster (median of 10
+/// paired interleaved rounds, 1184 against 1049 t/s overall). The same prefetch for
+/// prompts cut 128-token prompts from 2419-2839 to 2104-2404 t/s, so prompts keep theirs.
+pub(crate) const WIDE_ROWS: usize = 16;
 
 /// Groups a worker takes at a time: two where the kernels multiply two at once, so no
 /// chunk of a dispatch ends with a group left to multiply alone.
@@ -337,8 +342,9 @@ fn run_groups<G: Interleaved>(
     let dst = dst as *mut f32;
     let mut g = range.start;
     while g < range.end {
-        let kernel = match &kernels.two {
-            Some(two) if g + 1 < range.end && m >= WIDE_ROWS => two,
+        let kernel = match (&kernels.two, &kernels.batch) {
+            (Some(two), _) if g + 1 < range.end && m >= WIDE_ROWS => two,
+            (_, Some((batch, rows))) if g + 1 < range.end && m >= *rows => batch,
             _ => &kernels.one,
         };
         let first = g * ROWS;

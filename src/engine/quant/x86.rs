@@ -312,6 +312,10 @@ impl Width for Z {
 
 /// A group type the kernels multiply.
 pub trait Avx2Group: Interleaved {
+    /// Fewest activation rows below [`super::WIDE_ROWS`] (a decode batch) that the
+    /// two-group kernels, prefetching [`BATCH_PREFETCH_AHEAD`], take for this type:
+    /// none unless a type says so.
+    const BATCH_WIDE_ROWS: usize = usize::MAX;
     /// The group (or two, at [`Z`]) in registers: weights and scales.
     type Unpacked<W: Width>: Copy;
     /// Loads `self` and, at [`Z`], `hi` above it; shared by every activation row
@@ -402,6 +406,9 @@ impl Avx2Group for Q4_0x8 {
 }
 
 impl Avx2Group for Q4_1x8 {
+    /// Four: SmolLM2's four agents ran faster with the two-group kernels prefetching
+    /// twice as far ahead (see [`super::WIDE_ROWS`]).
+    const BATCH_WIDE_ROWS: usize = 4;
     type Unpacked<W: Width> = ([W::I; 8], W::F, W::F);
     #[inline(always)]
     unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
@@ -565,11 +572,17 @@ impl Avx2Group for Q8_0x8 {
 /// agents 10%. 1-4 KiB measured alike; prompts (the group already in L1) are unchanged.
 const PREFETCH_AHEAD: usize = 2560;
 
-/// Requests the cache lines `PREFETCH_AHEAD` bytes past `g`. Past the end of a weight
-/// that is the next allocation or unmapped memory: a prefetch never faults.
+/// [`PREFETCH_AHEAD`] for the two-group kernels in a decode batch, where they read two
+/// streams from memory (the two groups), twice the bytes per step: at 2560 their
+/// four-agent decode of SmolLM2 ran slower than the one-group kernels', at 5120 faster;
+/// over prompts (the weights reused from cache) 5120 was slower, so prompts keep 2560.
+const BATCH_PREFETCH_AHEAD: usize = 5120;
+
+/// Requests the cache lines `AHEAD` bytes past `g`. Past the end of a weight that is
+/// the next allocation or unmapped memory: a prefetch never faults.
 #[inline(always)]
-unsafe fn prefetch_ahead<G>(g: &G) {
-    let ahead = (g as *const G as *const i8).wrapping_add(PREFETCH_AHEAD);
+unsafe fn prefetch_ahead<G, const AHEAD: usize>(g: &G) {
+    let ahead = (g as *const G as *const i8).wrapping_add(AHEAD);
     for line in 0..std::mem::size_of::<G>().div_ceil(64) {
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
     }
@@ -583,7 +596,7 @@ unsafe fn prefetch_ahead<G>(g: &G) {
 /// The CPU must support AVX2, FMA and F16C (and AVX-512 at [`Z`], which only builds
 /// for such CPUs have); every `acts[r]` and `hi` are at least as long as `w`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemv<G: Avx2Group, W: Width, const R: usize>(
+pub unsafe fn gemv<G: Avx2Group, W: Width, const R: usize, const AHEAD: usize>(
     w: &[G],
     hi: &[G],
     acts: [&[ActBlock]; R],
@@ -596,11 +609,11 @@ pub unsafe fn gemv<G: Avx2Group, W: Width, const R: usize>(
         } else {
             g
         };
-        prefetch_ahead(g);
+        prefetch_ahead::<G, AHEAD>(g);
         if W::GROUPS == 2 {
             // The second group is a stream of its own: without this the two-group
             // kernel ran a quarter slower than the one-group one on SmolLM2's decode.
-            prefetch_ahead(h);
+            prefetch_ahead::<G, AHEAD>(h);
         }
         g.accumulate_rows::<W, R>(
             h,
@@ -614,7 +627,7 @@ pub unsafe fn gemv<G: Avx2Group, W: Width, const R: usize>(
 }
 
 /// [`gemv`] behind the checks its safety needs, as a plain function pointer.
-fn checked<G: Avx2Group, W: Width, const R: usize>(
+fn checked<G: Avx2Group, W: Width, const R: usize, const AHEAD: usize>(
     w: &[G],
     hi: &[G],
     a: [&[ActBlock]; R],
@@ -627,21 +640,23 @@ fn checked<G: Avx2Group, W: Width, const R: usize>(
     // SAFETY: the kernels are picked only after `available()` checked the CPU has AVX2,
     // FMA and F16C (and `Z` exists only in builds for CPUs with AVX-512); every
     // activation row and `hi` are as long as the group's blocks.
-    unsafe { gemv::<G, W, R>(w, hi, a, out) }
+    unsafe { gemv::<G, W, R, AHEAD>(w, hi, a, out) }
 }
 
 /// The single-group kernels.
 pub(crate) fn kernel<G: Avx2Group>() -> Kernel<G> {
     Kernel {
         groups: 1,
-        k1: checked::<G, Y, 1>,
-        k2: checked::<G, Y, 2>,
-        k4: checked::<G, Y, 4>,
+        k1: checked::<G, Y, 1, PREFETCH_AHEAD>,
+        k2: checked::<G, Y, 2, PREFETCH_AHEAD>,
+        k4: checked::<G, Y, 4, PREFETCH_AHEAD>,
     }
 }
 
-/// The two-group kernels, in builds for CPUs with AVX-512 ([`WIDE`]).
-pub(crate) fn wide_kernel<G: Avx2Group>() -> Option<Kernel<G>> {
+/// The two-group kernels, in builds for CPUs with AVX-512 ([`WIDE`]), prefetching
+/// `AHEAD` bytes ahead ([`PREFETCH_AHEAD`] for prompts, [`BATCH_PREFETCH_AHEAD`] for
+/// decode batches).
+fn wide_kernel_ahead<G: Avx2Group, const AHEAD: usize>() -> Option<Kernel<G>> {
     #[cfg(all(
         target_feature = "avx512f",
         target_feature = "avx512bw",
@@ -651,12 +666,26 @@ pub(crate) fn wide_kernel<G: Avx2Group>() -> Option<Kernel<G>> {
     ))]
     return Some(Kernel {
         groups: 2,
-        k1: checked::<G, Z, 1>,
-        k2: checked::<G, Z, 2>,
-        k4: checked::<G, Z, 4>,
+        k1: checked::<G, Z, 1, AHEAD>,
+        k2: checked::<G, Z, 2, AHEAD>,
+        k4: checked::<G, Z, 4, AHEAD>,
     });
     #[allow(unreachable_code)]
     None
+}
+
+/// The two-group kernels for prompts.
+pub(crate) fn wide_kernel<G: Avx2Group>() -> Option<Kernel<G>> {
+    wide_kernel_ahead::<G, PREFETCH_AHEAD>()
+}
+
+/// The two-group kernels for decode batches of at least `G::BATCH_WIDE_ROWS` rows, and
+/// that row count; none for types that keep the one-group kernels there.
+pub(crate) fn batch_wide_kernel<G: Avx2Group>() -> Option<(Kernel<G>, usize)> {
+    if G::BATCH_WIDE_ROWS >= super::WIDE_ROWS {
+        return None;
+    }
+    wide_kernel_ahead::<G, BATCH_PREFETCH_AHEAD>().map(|k| (k, G::BATCH_WIDE_ROWS))
 }
 
 /// [`super::blocks::quantize_row`] eight activations at a time, with the same results
