@@ -569,8 +569,15 @@ impl Avx2Group for Q8_0x8 {
 /// prefetcher alone kept the cores waiting on it: a one-row product over 70 MB of
 /// SmolLM2-shaped Q4_1 groups took 5.5 ns per group block on two threads without this,
 /// 4.3 with it; single-stream generation gained 8-20% (Gemma 3, SmolLM2, Qwen2.5), four
-/// agents 10%. 1-4 KiB measured alike; prompts (the group already in L1) are unchanged.
-const PREFETCH_AHEAD: usize = 2560;
+/// agents 10%. 1-4 KiB measured alike on SmolLM2, but the larger models' decode wanted
+/// more: 6 KiB against 2.5 gave Qwen2.5 +6% single stream and +8% at four agents, Gemma 3
+/// +5% and +10% (medians of interleaved rounds; 8 KiB no better). Prompts keep
+/// [`PROMPT_PREFETCH_AHEAD`].
+const PREFETCH_AHEAD: usize = 6144;
+
+/// [`PREFETCH_AHEAD`] for the two-group kernels over prompts, where each group is reused
+/// by many rows and the farther prefetch cost SmolLM2's 128-token prompts 10-25%.
+const PROMPT_PREFETCH_AHEAD: usize = 2560;
 
 /// [`PREFETCH_AHEAD`] for the two-group kernels in a decode batch, where they read two
 /// streams from memory (the two groups), twice the bytes per step: at 2560 their
@@ -654,7 +661,7 @@ pub(crate) fn kernel<G: Avx2Group>() -> Kernel<G> {
 }
 
 /// The two-group kernels, in builds for CPUs with AVX-512 ([`WIDE`]), prefetching
-/// `AHEAD` bytes ahead ([`PREFETCH_AHEAD`] for prompts, [`BATCH_PREFETCH_AHEAD`] for
+/// `AHEAD` bytes ahead ([`PROMPT_PREFETCH_AHEAD`] for prompts, [`BATCH_PREFETCH_AHEAD`] for
 /// decode batches).
 fn wide_kernel_ahead<G: Avx2Group, const AHEAD: usize>() -> Option<Kernel<G>> {
     #[cfg(all(
@@ -676,7 +683,7 @@ fn wide_kernel_ahead<G: Avx2Group, const AHEAD: usize>() -> Option<Kernel<G>> {
 
 /// The two-group kernels for prompts.
 pub(crate) fn wide_kernel<G: Avx2Group>() -> Option<Kernel<G>> {
-    wide_kernel_ahead::<G, PREFETCH_AHEAD>()
+    wide_kernel_ahead::<G, PROMPT_PREFETCH_AHEAD>()
 }
 
 /// The two-group kernels for decode batches of at least `G::BATCH_WIDE_ROWS` rows, and
