@@ -103,20 +103,22 @@ unsafe fn act4(a: &ActBlock, i: usize) -> i32 {
 }
 
 /// `acc +` Σ over each lane's four byte pairs of u · s (`u` unsigned, `s` signed), exact
-/// in 32 bits. Only called where [`VNNI`] holds.
+/// in 32 bits. Only called where [`VNNI`] holds. The AVX-512 form comes first where both
+/// exist: only its encoding takes a broadcast memory operand, so the activations' four
+/// bytes are read by the product itself instead of broadcast into a register first (a
+/// second instruction per row and vector that the VEX form needs).
 #[inline(always)]
 unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    #[cfg(target_feature = "avxvnni")]
-    {
-        _mm256_dpbusd_avx_epi32(acc, u, s)
-    }
-    #[cfg(all(
-        not(target_feature = "avxvnni"),
-        target_feature = "avx512vnni",
-        target_feature = "avx512vl"
-    ))]
+    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
     {
         _mm256_dpbusd_epi32(acc, u, s)
+    }
+    #[cfg(all(
+        target_feature = "avxvnni",
+        not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
+    ))]
+    {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
     }
     #[cfg(not(any(
         target_feature = "avxvnni",
