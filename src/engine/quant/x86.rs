@@ -94,6 +94,7 @@ pub struct Y;
 
 /// Two groups, sixteen rows, in 512-bit registers ([`WIDE`] builds only).
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_feature = "avx512vnni"), allow(dead_code))]
 pub struct Z;
 
 /// Four activation bytes (elements `4i..4i + 4`) as one integer.
