@@ -309,8 +309,8 @@ fn pick<G: Pick>() -> Picked<G> {
 /// 700-719 against 677-686, same binary, interleaved runs); over a 128-token prompt the
 /// two-group ones were 12-20% faster (1370-1460 t/s against 1220-1230). Q4_1 takes
 /// them from four rows (`x86::Avx2Group::BATCH_WIDE_ROWS`) through kernels of their own
-/// that prefetch 5120 bytes ahead: SmolLM2's four agents ran 4% faster (median of 10
-/// paired interleaved rounds, 1184 against 1049 t/s overall). The same prefetch for
+/// that prefetch 5120 bytes ahead: SmolLM2's four agents ran 4% faster (median of the
+/// per-round ratios over 10 interleaved rounds). The same prefetch for
 /// prompts cut 128-token prompts from 2419-2839 to 2104-2404 t/s, so prompts keep theirs.
 pub(crate) const WIDE_ROWS: usize = 16;
 

@@ -574,8 +574,9 @@ impl Avx2Group for Q8_0x8 {
 /// 4.3 with it; single-stream generation gained 8-20% (Gemma 3, SmolLM2, Qwen2.5), four
 /// agents 10%. 1-4 KiB measured alike on SmolLM2, but the larger models' decode wanted
 /// more: 6 KiB against 2.5 gave Qwen2.5 +6% single stream and +8% at four agents, Gemma 3
-/// +5% and +10% (medians of interleaved rounds; 8 KiB no better). Prompts keep
-/// [`PROMPT_PREFETCH_AHEAD`].
+/// +5% and +10% (medians of interleaved rounds; 8 KiB no better). The two-group kernels
+/// over prompts keep [`PROMPT_PREFETCH_AHEAD`]; builds without AVX-512, whose prompts run
+/// on the one-group kernels, take this distance there too (not measured).
 const PREFETCH_AHEAD: usize = 6144;
 
 /// [`PREFETCH_AHEAD`] for the two-group kernels over prompts, where each group is reused
