@@ -448,6 +448,10 @@ impl Avx2Group for Q4Kx8 {
 }
 
 /// 32 bits → 32 bytes, 0x10 where the bit is set.
+#[cfg(any(
+    test,
+    not(all(target_feature = "avx512bw", target_feature = "avx512vl"))
+))]
 #[inline(always)]
 unsafe fn fifth_bits(bits: u32) -> __m256i {
     let shuffle = _mm256_set_epi64x(
@@ -462,11 +466,22 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// A Q5_0 group's 5-bit values in eight vectors.
+/// A Q5_0 group's 5-bit values in eight vectors. Where AVX-512BW and VL exist the 32
+/// fifth bits of a vector are its byte mask as they stand (bit `j` for byte `j`), so one
+/// masked add of 16 (an or, the low nibbles being below 16) replaces the five
+/// instructions of [`fifth_bits`]; the values are the same bytes either way.
 #[inline(always)]
 unsafe fn unpack_q5(g: &Q5_0x8) -> [__m256i; 8] {
     let lo = unpack_nibbles(&g.qs);
-    std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(g.qh[i])))
+    #[cfg(all(target_feature = "avx512bw", target_feature = "avx512vl"))]
+    {
+        let fifth = _mm256_set1_epi8(0x10);
+        std::array::from_fn(|i| _mm256_mask_add_epi8(lo[i], g.qh[i], lo[i], fifth))
+    }
+    #[cfg(not(all(target_feature = "avx512bw", target_feature = "avx512vl")))]
+    {
+        std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(g.qh[i])))
+    }
 }
 
 impl Avx2Group for Q5_0x8 {
@@ -769,6 +784,53 @@ pub unsafe fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
 #[cfg(test)]
 mod tests {
     use super::super::blocks::{self, ActBlock, QK};
+    use super::*;
+
+    #[test]
+    fn fifth_bits_land_on_their_bytes_in_both_forms() {
+        if !super::available() {
+            return;
+        }
+        let mut seed = 0x2545_f491u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for _ in 0..500 {
+            let g = Q5_0x8 {
+                qs: std::array::from_fn(|_| next() as u8),
+                qh: std::array::from_fn(|_| next()),
+                d: [0; 8],
+            };
+            // SAFETY: `available()` said the CPU has AVX2; the masked form is compiled
+            // only where the build targets AVX-512BW and VL.
+            let (got, shuffled) = unsafe {
+                let lo = unpack_nibbles(&g.qs);
+                let shuffled: [__m256i; 8] =
+                    std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(g.qh[i])));
+                (unpack_q5(&g), shuffled)
+            };
+            for i in 0..8 {
+                let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+                // SAFETY: 32-byte stores into 32-byte arrays.
+                unsafe {
+                    _mm256_storeu_si256(a.as_mut_ptr() as *mut __m256i, got[i]);
+                    _mm256_storeu_si256(b.as_mut_ptr() as *mut __m256i, shuffled[i]);
+                }
+                assert_eq!(a, b, "vector {i}");
+                for (j, &v) in a.iter().enumerate() {
+                    let nibble = if i < 4 {
+                        g.qs[32 * i + j] & 0x0f
+                    } else {
+                        g.qs[32 * (i - 4) + j] >> 4
+                    };
+                    assert_eq!(v, nibble | (((g.qh[i] >> j) & 1) as u8) << 4);
+                }
+            }
+        }
+    }
 
     #[test]
     fn quantizing_eight_at_a_time_matches_the_portable_code_bit_for_bit() {
