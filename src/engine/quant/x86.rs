@@ -84,6 +84,9 @@ pub trait Width: Copy {
     unsafe fn signed_dot(acc: Self::I, w: Self::I, magnitude: Self::I, a: i32) -> Self::I;
     /// |w| per byte.
     unsafe fn abs_epi8(w: Self::I) -> Self::I;
+    /// `v` with 16 added to each byte whose bit is set in `lo` (the first group's
+    /// bytes) and, at [`Z`], `hi` (the second's): Q5_0's fifth bits onto their nibbles.
+    unsafe fn add_fifth_bits(v: Self::I, lo: u32, hi: u32) -> Self::I;
     /// Writes the lanes to `out` (8 or 16 floats).
     unsafe fn store(out: &mut [f32; MAX_OUT], v: Self::F);
 }
@@ -218,6 +221,17 @@ impl Width for Y {
         _mm256_sign_epi8(w, w)
     }
     #[inline(always)]
+    unsafe fn add_fifth_bits(v: __m256i, lo: u32, _: u32) -> __m256i {
+        #[cfg(all(target_feature = "avx512bw", target_feature = "avx512vl"))]
+        {
+            _mm256_mask_add_epi8(v, lo, v, _mm256_set1_epi8(0x10))
+        }
+        #[cfg(not(all(target_feature = "avx512bw", target_feature = "avx512vl")))]
+        {
+            _mm256_or_si256(v, fifth_bits(lo))
+        }
+    }
+    #[inline(always)]
     unsafe fn store(out: &mut [f32; MAX_OUT], v: __m256) {
         _mm256_storeu_ps(out.as_mut_ptr(), v)
     }
@@ -306,6 +320,12 @@ impl Width for Z {
     #[inline(always)]
     unsafe fn abs_epi8(w: __m512i) -> __m512i {
         _mm512_abs_epi8(w)
+    }
+    /// The two groups' 32-bit masks side by side are the 64-bit vector's byte mask.
+    #[inline(always)]
+    unsafe fn add_fifth_bits(v: __m512i, lo: u32, hi: u32) -> __m512i {
+        let mask = (hi as u64) << 32 | lo as u64;
+        _mm512_mask_add_epi8(v, mask, v, _mm512_set1_epi8(0x10))
     }
     #[inline(always)]
     unsafe fn store(out: &mut [f32; MAX_OUT], v: __m512) {
@@ -466,22 +486,14 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// A Q5_0 group's 5-bit values in eight vectors. Where AVX-512BW and VL exist the 32
-/// fifth bits of a vector are its byte mask as they stand (bit `j` for byte `j`), so one
-/// masked add of 16 (an or, the low nibbles being below 16) replaces the five
-/// instructions of [`fifth_bits`]; the values are the same bytes either way.
+/// Two Q5_0 groups' 5-bit values (one at [`Y`]) in eight vectors: nibbles joined, then
+/// the fifth bits added at the joined width. Where AVX-512BW and VL exist a vector's 32
+/// fifth bits are its byte mask as they stand (bit `j` for byte `j`), so one masked add
+/// replaces the five instructions of [`fifth_bits`]; the values are the same bytes.
 #[inline(always)]
-unsafe fn unpack_q5(g: &Q5_0x8) -> [__m256i; 8] {
-    let lo = unpack_nibbles(&g.qs);
-    #[cfg(all(target_feature = "avx512bw", target_feature = "avx512vl"))]
-    {
-        let fifth = _mm256_set1_epi8(0x10);
-        std::array::from_fn(|i| _mm256_mask_add_epi8(lo[i], g.qh[i], lo[i], fifth))
-    }
-    #[cfg(not(all(target_feature = "avx512bw", target_feature = "avx512vl")))]
-    {
-        std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(g.qh[i])))
-    }
+unsafe fn unpack_q5<W: Width>(g: &Q5_0x8, hi: &Q5_0x8) -> [W::I; 8] {
+    let v = join8::<W>(unpack_nibbles(&g.qs), unpack_nibbles(&hi.qs));
+    std::array::from_fn(|i| W::add_fifth_bits(v[i], g.qh[i], hi.qh[i]))
 }
 
 impl Avx2Group for Q5_0x8 {
@@ -489,7 +501,7 @@ impl Avx2Group for Q5_0x8 {
     #[inline(always)]
     unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            join8::<W>(unpack_q5(self), unpack_q5(hi)),
+            unpack_q5::<W>(self, hi),
             W::join_ps(load_f16x8(&self.d), load_f16x8(&hi.d)),
         )
     }
@@ -810,7 +822,7 @@ mod tests {
                 let lo = unpack_nibbles(&g.qs);
                 let shuffled: [__m256i; 8] =
                     std::array::from_fn(|i| _mm256_or_si256(lo[i], fifth_bits(g.qh[i])));
-                (unpack_q5(&g), shuffled)
+                (unpack_q5::<Y>(&g, &g), shuffled)
             };
             for i in 0..8 {
                 let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
@@ -827,6 +839,36 @@ mod tests {
                         g.qs[32 * (i - 4) + j] >> 4
                     };
                     assert_eq!(v, nibble | (((g.qh[i] >> j) & 1) as u8) << 4);
+                }
+            }
+            #[cfg(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512dq",
+                target_feature = "avx512vl",
+                target_feature = "avx512vnni"
+            ))]
+            {
+                // Two groups joined: each half holds its own group's values.
+                let h = Q5_0x8 {
+                    qs: std::array::from_fn(|_| next() as u8),
+                    qh: std::array::from_fn(|_| next()),
+                    d: [0; 8],
+                };
+                // SAFETY: the build targets AVX-512 (this block exists only there).
+                unsafe {
+                    let (joined, lo, hi) = (
+                        unpack_q5::<Z>(&g, &h),
+                        unpack_q5::<Y>(&g, &g),
+                        unpack_q5::<Y>(&h, &h),
+                    );
+                    for i in 0..8 {
+                        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+                        _mm512_storeu_si512(a.as_mut_ptr() as *mut __m512i, joined[i]);
+                        _mm256_storeu_si256(b.as_mut_ptr() as *mut __m256i, lo[i]);
+                        _mm256_storeu_si256(b[32..].as_mut_ptr() as *mut __m256i, hi[i]);
+                        assert_eq!(a, b, "joined vector {i}");
+                    }
                 }
             }
         }
