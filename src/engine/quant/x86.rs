@@ -64,7 +64,6 @@ pub trait Width: Copy {
     unsafe fn set1_ps(x: f32) -> Self::F;
     unsafe fn zero() -> Self::I;
     unsafe fn zero_ps() -> Self::F;
-    unsafe fn sub(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn mul_ps(a: Self::F, b: Self::F) -> Self::F;
     /// `a · b + c`.
     unsafe fn fmadd_ps(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
@@ -161,10 +160,6 @@ impl Width for Y {
     #[inline(always)]
     unsafe fn zero_ps() -> __m256 {
         _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn sub(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_sub_epi32(a, b)
     }
     #[inline(always)]
     unsafe fn mul_ps(a: __m256, b: __m256) -> __m256 {
@@ -273,10 +268,6 @@ impl Width for Z {
     #[inline(always)]
     unsafe fn zero_ps() -> __m512 {
         _mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn sub(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_sub_epi32(a, b)
     }
     #[inline(always)]
     unsafe fn mul_ps(a: __m512, b: __m512) -> __m512 {
@@ -419,11 +410,8 @@ impl Avx2Group for Q4_0x8 {
     }
     #[inline(always)]
     unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
-        // Σ (q - 8)·a = Σ q·a - 8·Σ a.
-        let s = W::sub(
-            W::unsigned_dot(W::zero(), &u.0, a, 0..8),
-            W::set1(8 * a.sum),
-        );
+        // Σ (q - 8)·a = Σ q·a - 8·Σ a, the products summed onto the offset.
+        let s = W::unsigned_dot(W::set1(-8 * a.sum), &u.0, a, 0..8);
         scaled::<W>(s, u.1, a, acc)
     }
 }
@@ -507,10 +495,16 @@ impl Avx2Group for Q5_0x8 {
     }
     #[inline(always)]
     unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
-        // Values are 0..=31 stored for q - 16: two halves keep the pair sums in 16 bits.
-        let s = W::unsigned_dot(W::zero(), &u.0, a, 0..4);
-        let s = W::unsigned_dot(s, &u.0, a, 4..8);
-        scaled::<W>(W::sub(s, W::set1(16 * a.sum)), u.1, a, acc)
+        // Values are 0..=31 stored for q - 16, the products summed onto -16·Σ a. Without
+        // VNNI two halves keep the pair sums in 16 bits; with it one pass sums all eight
+        // vectors in 32 bits (the same integers, two fewer adds per row).
+        let offset = W::set1(-16 * a.sum);
+        let s = if VNNI {
+            W::unsigned_dot(offset, &u.0, a, 0..8)
+        } else {
+            W::unsigned_dot(W::unsigned_dot(offset, &u.0, a, 0..4), &u.0, a, 4..8)
+        };
+        scaled::<W>(s, u.1, a, acc)
     }
 }
 
@@ -526,12 +520,17 @@ impl Avx2Group for Q6Kx8 {
     }
     #[inline(always)]
     unsafe fn accumulate<W: Width>(u: &Self::Unpacked<W>, a: &ActBlock, acc: W::F) -> W::F {
-        // Values are 0..=63 stored for q - 32, each half (16 elements) with its scale.
+        // Values are 0..=63 stored for q - 32, each half (16 elements) with its scale,
+        // its products summed onto -32·Σ a (in one pass with VNNI, in pairs of vectors
+        // without it, to keep the pair sums in 16 bits).
         let half = |range: std::ops::Range<usize>, sum: i32| {
+            let offset = W::set1(-32 * sum);
+            if VNNI {
+                return W::unsigned_dot(offset, &u.0, a, range);
+            }
             let mid = range.start + 2;
-            let s = W::unsigned_dot(W::zero(), &u.0, a, range.start..mid);
-            let s = W::unsigned_dot(s, &u.0, a, mid..range.end);
-            W::sub(s, W::set1(32 * sum))
+            let s = W::unsigned_dot(offset, &u.0, a, range.start..mid);
+            W::unsigned_dot(s, &u.0, a, mid..range.end)
         };
         let acc = scaled::<W>(half(0..4, a.sum_lo), u.1, a, acc);
         scaled::<W>(half(4..8, a.sum - a.sum_lo), u.2, a, acc)
