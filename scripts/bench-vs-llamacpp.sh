@@ -7,7 +7,8 @@
 #
 # MODEL is a manifest name (default: all three). llama.cpp is built by build-llamacpp.sh
 # outside the repository. Prints markdown tables: throughput with pathos ÷ llama.cpp
-# ratios, the agents' scaling (N sequences decoding together), peak RSS and start-up
+# ratios, the agents' scaling (N sequences decoding together; `pathos bench` runs one
+# stream and each N in turn, --rounds times, samples pooled), peak RSS and start-up
 # time (a one-token generation, median of 5 after a warm-up); --json prints the same as
 # one JSON object.
 set -euo pipefail
@@ -37,8 +38,10 @@ for m in "${models[@]}"; do
     "$pathos" bench -m "$file" -t "$threads" -p "$pp" -n "$tg" -r "$reps" --json > "$out/$m.pathos.$r.json"
     "$bin/llama-bench" -m "$file" -t "$threads" -p "$pp" -n "$tg" -r "$reps" -o json > "$out/$m.llama.$r.json" 2>/dev/null
   done
-  "$pathos" bench -m "$file" -t "$threads" -p 0 -n "$tg" -r "$reps" --agents 2,4,8 --json \
-    > "$out/$m.agents.json"
+  for r in $(seq "$rounds"); do
+    "$pathos" bench -m "$file" -t "$threads" -p 0 -n "$tg" -r "$reps" --agents 2,4,8 --json \
+      > "$out/$m.agents.$r.json"
+  done
   for tool in pathos llama; do
     for i in 0 1 2 3 4 5; do
       t0=$(date +%s%N)
@@ -80,13 +83,20 @@ for m in models:
         sb = statistics.stdev(b) if len(b) > 1 else 0
         report["throughput"].append({"model": m, "test": test, "pathos": ma, "pathos_sd": sa,
                                      "llama_cpp": mb, "llama_cpp_sd": sb, "ratio": ma / mb})
-    rows = json.load(open(f"{out}/{m}.agents.json"))
-    single = next((r["avg_ts"] for r in rows if r["agents"] == 1), float("nan"))
-    for r in rows:
-        report["agents"].append({"model": m, "agents": r["agents"], "aggregate_ts": r["avg_ts"],
-                                 "vs_n_single": r["avg_ts"] / (r["agents"] * single),
-                                 "ms_per_step": r["ms_per_step"], "peak_rss_mib": r["peak_rss_mib"],
-                                 "kv_mib_per_sequence": r["kv_mib"]})
+    # Every round's samples of each agent count pooled (the tests take turns within a
+    # round, so one stream and N agents see the same machine).
+    pooled = {}
+    for f in sorted(glob.glob(f"{out}/{m}.agents.*.json")):
+        for row in json.load(open(f)):
+            pooled.setdefault(row["agents"], []).append(row)
+    single = statistics.mean(s for r in pooled.get(1, []) for s in r["samples_ts"]) if 1 in pooled else float("nan")
+    for n, rs in sorted(pooled.items()):
+        agg = statistics.mean(s for r in rs for s in r["samples_ts"])
+        report["agents"].append({"model": m, "agents": n, "aggregate_ts": agg,
+                                 "vs_n_single": agg / (n * single),
+                                 "ms_per_step": statistics.mean(r["ms_per_step"] for r in rs),
+                                 "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                                 "kv_mib_per_sequence": rs[-1]["kv_mib"]})
     report["rss_mib"].append({"model": m, "pathos": rss(f"{out}/{m}.pathos.time"),
                               "llama_simple": rss(f"{out}/{m}.llama.time")})
     med = lambda f: statistics.median(int(x) for x in open(f).read().split())

@@ -2,15 +2,16 @@
 //!
 //! `pp N` runs an N-token prompt through a fresh sequence as one batch; `tg N` generates
 //! N tokens one at a time from an empty sequence. Each test runs once to warm up, then
-//! `repetitions` times; the report gives tokens per second as mean ± standard deviation,
-//! with llama-bench's column names, so the two tables can be read side by side.
+//! the tests take turns for `repetitions` rounds; the report gives tokens per second as
+//! mean ± standard deviation, with llama-bench's column names, so the two tables can be
+//! read side by side.
 //!
 //! `tg N xA` decodes A sequences together (a debate's agents), each with its own cache,
 //! one token of each per step over one copy of the weights; its t/s is the aggregate and
 //! `ms_per_step` the latency each sequence sees. `prefix P xA` processes A prompts that
 //! share a P-token prefix, once computing the prefix for each and once computing it for
 //! one sequence and copying it to the others, as the local backend does for a debate
-//! round. Every row carries the process's peak resident memory so far.
+//! round. Every row carries the process's peak resident memory after its warm-up run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,8 @@ pub struct BenchRow {
     pub agents: usize,
     /// Milliseconds per step as one sequence sees it (tg tests), or for the whole test.
     pub ms_per_step: f64,
-    /// Peak resident memory of the process when the row finished, in MiB (0 where the
+    /// Peak resident memory of the process after the test's warm-up run (tests warm up
+    /// in order, so later rows include what earlier ones needed), in MiB (0 where the
     /// system does not say).
     pub peak_rss_mib: f64,
     /// Bytes one sequence's KV cache holds at the end of the test, in MiB.
@@ -291,40 +293,58 @@ fn plan<'a>(model: &'a Model, opts: &'a BenchOptions) -> Vec<(String, usize, usi
     tests
 }
 
-/// Runs every test of `opts`, each once to warm up, then `repetitions` times.
+/// Runs every test of `opts` once to warm up, in order, then `repetitions` rounds of
+/// one run of each. Interleaved so a drift in the machine's speed (clock, a neighbour on
+/// the host) falls on every test alike: the ratios between tests (N agents against one
+/// stream) are what the report is read for, and on a shared machine consecutive blocks
+/// of one test each measured up to 30% apart for the same code.
 pub fn run(
     model: &Model,
     opts: &BenchOptions,
     on_progress: &mut dyn FnMut(),
 ) -> Result<Vec<BenchRow>> {
-    let mut rows = Vec::new();
-    for (test, n, agents, f) in plan(model, opts) {
-        f()?; // warm-up
-        let mut samples = Vec::with_capacity(opts.repetitions);
-        for _ in 0..opts.repetitions.max(1) {
-            samples.push(f()?);
+    let tests = plan(model, opts);
+    // Peak memory after each test's first run: tests warm up in the listed order (one
+    // stream, then more agents), so each figure is the most that test and those before
+    // it needed.
+    let mut peaks = Vec::with_capacity(tests.len());
+    for (_, _, _, f) in &tests {
+        f()?;
+        peaks.push(peak_rss_mib());
+    }
+    let mut samples: Vec<Vec<Sample>> = tests.iter().map(|_| Vec::new()).collect();
+    for _ in 0..opts.repetitions.max(1) {
+        for ((_, _, _, f), runs) in tests.iter().zip(&mut samples) {
+            runs.push(f()?);
             on_progress();
         }
-        let ts: Vec<f64> = samples.iter().map(|s| s.ts).collect();
-        let (avg, sd) = mean_std(&ts);
-        let ms = samples.iter().map(|s| s.ms).sum::<f64>() / samples.len() as f64;
-        rows.push(BenchRow {
-            model: format!("{} {}", model.info.architecture, model.name),
-            size: model.info.file_size,
-            params: model.info.parameters,
-            backend: opts.backend.clone(),
-            threads: opts.threads,
-            test,
-            n_tokens: n,
-            avg_ts: avg,
-            stddev_ts: sd,
-            samples_ts: ts,
-            agents,
-            ms_per_step: ms,
-            peak_rss_mib: peak_rss_mib(),
-            kv_mib: samples.last().map_or(0, |s| s.kv) as f64 / (1024.0 * 1024.0),
-        });
     }
+    let rows = tests
+        .into_iter()
+        .zip(samples)
+        .zip(peaks)
+        .map(|(((test, n, agents, _), samples), peak)| {
+            let ts: Vec<f64> = samples.iter().map(|s| s.ts).collect();
+            let (avg, sd) = mean_std(&ts);
+            let ms = samples.iter().map(|s| s.ms).sum::<f64>() / samples.len() as f64;
+            BenchRow {
+                model: format!("{} {}", model.info.architecture, model.name),
+                size: model.info.file_size,
+                params: model.info.parameters,
+                backend: opts.backend.clone(),
+                threads: opts.threads,
+                test,
+                n_tokens: n,
+                avg_ts: avg,
+                stddev_ts: sd,
+                samples_ts: ts,
+                agents,
+                ms_per_step: ms,
+                peak_rss_mib: peak,
+                kv_mib: samples.last().map_or(0, |s| s.kv) as f64 / (1024.0 * 1024.0),
+            }
+        })
+        .collect();
     Ok(rows)
 }
 
