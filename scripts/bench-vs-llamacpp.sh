@@ -89,7 +89,7 @@ for m in models:
     for f in sorted(glob.glob(f"{out}/{m}.agents.*.json")):
         for row in json.load(open(f)):
             pooled.setdefault(row["agents"], []).append(row)
-    single = statistics.mean(s for r in pooled.get(1, []) for s in r["samples_ts"]) if 1 in pooled else float("nan")
+    single = statistics.mean(s for r in pooled[1] for s in r["samples_ts"]) if 1 in pooled else float("nan")
     for n, rs in sorted(pooled.items()):
         agg = statistics.mean(s for r in rs for s in r["samples_ts"])
         report["agents"].append({"model": m, "agents": n, "aggregate_ts": agg,

@@ -809,12 +809,13 @@ mod tests {
             seed ^= seed << 5;
             seed
         };
+        let mut group = || Q5_0x8 {
+            qs: std::array::from_fn(|_| next() as u8),
+            qh: std::array::from_fn(|_| next()),
+            d: [0; 8],
+        };
         for _ in 0..500 {
-            let g = Q5_0x8 {
-                qs: std::array::from_fn(|_| next() as u8),
-                qh: std::array::from_fn(|_| next()),
-                d: [0; 8],
-            };
+            let g = group();
             // SAFETY: `available()` said the CPU has AVX2; the masked form is compiled
             // only where the build targets AVX-512BW and VL.
             let (got, shuffled) = unsafe {
@@ -849,11 +850,7 @@ mod tests {
             ))]
             {
                 // Two groups joined: each half holds its own group's values.
-                let h = Q5_0x8 {
-                    qs: std::array::from_fn(|_| next() as u8),
-                    qh: std::array::from_fn(|_| next()),
-                    d: [0; 8],
-                };
+                let h = group();
                 // SAFETY: the build targets AVX-512 (this block exists only there).
                 unsafe {
                     let (joined, lo, hi) = (
