@@ -7,7 +7,9 @@
 #
 # MODEL is a manifest name (default: all three). llama.cpp is built by build-llamacpp.sh
 # outside the repository. Prints markdown tables: throughput with pathos ÷ llama.cpp
-# ratios, the agents' scaling (N sequences decoding together; `pathos bench` runs one
+# ratios and the machine's streaming read bandwidth measured beside each test (for tg,
+# the file's bytes per second at pathos's speed against it: near 1, one stream is at
+# memory's limit), the agents' scaling (N sequences decoding together; `pathos bench` runs one
 # stream and each N in turn, --rounds times, samples pooled), peak RSS and start-up
 # time (a one-token generation, median of 5 after a warm-up); --json prints the same as
 # one JSON object.
@@ -68,10 +70,12 @@ def rss(path):
     return int(m.group(1)) / 1024 if m else float("nan")
 import glob
 for m in models:
-    p, l = {}, {}
+    p, l, mem, size = {}, {}, {}, {}
     for f in glob.glob(f"{out}/{m}.pathos.*.json"):
         for row in json.load(open(f)):
             p.setdefault(row["test"], []).extend(row["samples_ts"])
+            mem.setdefault(row["test"], []).append(row.get("mem_read_gbs", float("nan")))
+            size[row["test"]] = row["size"]
     for f in glob.glob(f"{out}/{m}.llama.*.json"):
         for row in json.load(open(f)):
             test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
@@ -81,8 +85,13 @@ for m in models:
         ma, mb = statistics.mean(a), statistics.mean(b)
         sa = statistics.stdev(a) if len(a) > 1 else 0
         sb = statistics.stdev(b) if len(b) > 1 else 0
+        gbs = statistics.mean(mem[test])
+        # A decode step reads the whole file once: how much of the machine's streaming
+        # read bandwidth (measured beside the test) one stream's tokens used.
+        share = size[test] * ma / (gbs * 1e9) if test.startswith("tg") else float("nan")
         report["throughput"].append({"model": m, "test": test, "pathos": ma, "pathos_sd": sa,
-                                     "llama_cpp": mb, "llama_cpp_sd": sb, "ratio": ma / mb})
+                                     "llama_cpp": mb, "llama_cpp_sd": sb, "ratio": ma / mb,
+                                     "mem_read_gbs": gbs, "file_read_vs_mem_read": share})
     # Every round's samples of each agent count pooled (the tests take turns within a
     # round, so one stream and N agents see the same machine).
     pooled = {}
@@ -105,11 +114,13 @@ for m in models:
 if as_json:
     print(json.dumps(report, indent=2))
     sys.exit(0)
-print("| model | test | pathos t/s | llama.cpp t/s | pathos ÷ llama.cpp |")
-print("| --- | --- | ---: | ---: | ---: |")
+print("| model | test | pathos t/s | llama.cpp t/s | pathos ÷ llama.cpp | memory read | file read ÷ memory read |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for r in report["throughput"]:
+    share = "" if r["file_read_vs_mem_read"] != r["file_read_vs_mem_read"] else f"{r['file_read_vs_mem_read']:.2f}"
     print(f"| {r['model']} | {r['test']} | {r['pathos']:.1f} ± {r['pathos_sd']:.1f} | "
-          f"{r['llama_cpp']:.1f} ± {r['llama_cpp_sd']:.1f} | {r['ratio']:.2f} |")
+          f"{r['llama_cpp']:.1f} ± {r['llama_cpp_sd']:.1f} | {r['ratio']:.2f} | "
+          f"{r['mem_read_gbs']:.1f} GB/s | {share} |")
 print()
 print("| model | agents | aggregate t/s | ÷ (N × single) | ms per step | peak RSS | KV per sequence |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -11,7 +11,8 @@
 //! `ms_per_step` the latency each sequence sees. `prefix P xA` processes A prompts that
 //! share a P-token prefix, once computing the prefix for each and once computing it for
 //! one sequence and copying it to the others, as the local backend does for a debate
-//! round. Every row carries the process's peak resident memory after its warm-up run.
+//! round. Every row carries the process's peak resident memory after its warm-up run, and
+//! the machine's streaming read bandwidth measured beside it in each round.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,6 +53,11 @@ pub struct BenchRow {
     pub peak_rss_mib: f64,
     /// Bytes one sequence's KV cache holds at the end of the test, in MiB.
     pub kv_mib: f64,
+    /// The machine's streaming read bandwidth on `threads` threads, GB/s, measured
+    /// beside this test in each round (mean): one-stream decode reads the whole file
+    /// once per token, so `size × avg_ts ÷ agents` against this says how near memory's
+    /// limit a run came, and tells a slow run on a shared machine from a slow engine.
+    pub mem_read_gbs: f64,
 }
 
 /// What to run.
@@ -115,6 +121,37 @@ fn run_pp(model: &Model, n: usize) -> Result<Sample> {
 
 /// What one repetition measured: tokens per second, milliseconds per step and the KV
 /// cache size of one sequence at the end.
+/// Bytes [`memory_read_gbs`] streams through: more than most CPUs' last-level cache, so
+/// the reads come from DRAM.
+const STREAM_BYTES: usize = 128 << 20;
+
+/// Streaming read bandwidth over `threads` threads in GB/s: each thread sums its slice
+/// of `buf` (filled here on first use), best of two passes.
+pub fn memory_read_gbs(buf: &mut Vec<u64>, threads: usize) -> f64 {
+    if buf.is_empty() {
+        *buf = (0..STREAM_BYTES / 8).map(|i| i as u64).collect();
+    }
+    let threads = threads.max(1);
+    let chunk = buf.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let start = Instant::now();
+        let total: u64 = std::thread::scope(|scope| {
+            let parts: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().unwrap_or(0))
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (buf.len() * 8) as f64 / best / 1e9
+}
+
 struct Sample {
     ts: f64,
     ms: f64,
@@ -313,8 +350,12 @@ pub fn run(
         peaks.push(peak_rss_mib());
     }
     let mut samples: Vec<Vec<Sample>> = tests.iter().map(|_| Vec::new()).collect();
+    let mut memory: Vec<Vec<f64>> = tests.iter().map(|_| Vec::new()).collect();
+    // Allocated after the warm-ups, so the peaks above do not count it.
+    let mut stream = Vec::new();
     for _ in 0..opts.repetitions.max(1) {
-        for ((_, _, _, f), runs) in tests.iter().zip(&mut samples) {
+        for (((_, _, _, f), runs), gbs) in tests.iter().zip(&mut samples).zip(&mut memory) {
+            gbs.push(memory_read_gbs(&mut stream, opts.threads));
             runs.push(f()?);
             on_progress();
         }
@@ -323,7 +364,8 @@ pub fn run(
         .into_iter()
         .zip(samples)
         .zip(peaks)
-        .map(|(((test, n, agents, _), samples), peak)| {
+        .zip(memory)
+        .map(|((((test, n, agents, _), samples), peak), gbs)| {
             let ts: Vec<f64> = samples.iter().map(|s| s.ts).collect();
             let (avg, sd) = mean_std(&ts);
             let ms = samples.iter().map(|s| s.ms).sum::<f64>() / samples.len() as f64;
@@ -342,6 +384,7 @@ pub fn run(
                 ms_per_step: ms,
                 peak_rss_mib: peak,
                 kv_mib: samples.last().map_or(0, |s| s.kv) as f64 / (1024.0 * 1024.0),
+                mem_read_gbs: gbs.iter().sum::<f64>() / gbs.len().max(1) as f64,
             }
         })
         .collect();
@@ -356,11 +399,11 @@ pub fn count(model: &Model, opts: &BenchOptions) -> usize {
 /// The report as a markdown table with llama-bench's columns.
 pub fn markdown(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| model | size | params | backend | threads | test | t/s | ms | peak RSS |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| model | size | params | backend | threads | test | t/s | ms | peak RSS | memory read |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} | {:.1} | {:.0} MiB |\n",
+            "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} | {:.1} | {:.0} MiB | {:.1} GB/s |\n",
             r.model,
             r.size as f64 / (1024.0 * 1024.0),
             r.params as f64 / 1e6,
@@ -370,8 +413,30 @@ pub fn markdown(rows: &[BenchRow]) -> String {
             r.avg_ts,
             r.stddev_ts,
             r.ms_per_step,
-            r.peak_rss_mib
+            r.peak_rss_mib,
+            r.mem_read_gbs
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_bandwidth_is_measured_over_the_whole_buffer() {
+        let mut buf = Vec::new();
+        let gbs = memory_read_gbs(&mut buf, 2);
+        assert_eq!(buf.len() * 8, STREAM_BYTES);
+        // Any machine that runs the tests reads faster than 0.1 GB/s and slower than
+        // 10 TB/s; a pass that read nothing or timed nothing lands outside.
+        assert!(
+            gbs.is_finite() && (0.1..10_000.0).contains(&gbs),
+            "{gbs} GB/s"
+        );
+        // The buffer is kept: a second call measures the same bytes.
+        let again = memory_read_gbs(&mut buf, 1);
+        assert!(again.is_finite() && again > 0.1, "{again} GB/s");
+    }
 }

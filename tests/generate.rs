@@ -222,6 +222,8 @@ fn bench_reports_llama_bench_columns() {
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
         assert_eq!(r["threads"], 2);
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        let gbs = r["mem_read_gbs"].as_f64().unwrap();
+        assert!(gbs > 0.1 && gbs < 10_000.0, "memory read {gbs} GB/s");
     }
     let md = pathos(&["bench", "-p", "8", "-n", "0", "-r", "1"]);
     let md = stdout(&md);
@@ -229,6 +231,7 @@ fn bench_reports_llama_bench_columns() {
         md.starts_with("| model | size | params | backend | threads | test | t/s |"),
         "{md}"
     );
+    assert!(md.contains(" GB/s |"), "the memory read column: {md}");
 }
 
 #[test]
