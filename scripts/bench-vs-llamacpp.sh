@@ -70,12 +70,12 @@ def rss(path):
     return int(m.group(1)) / 1024 if m else float("nan")
 import glob
 for m in models:
-    p, l, mem, size = {}, {}, {}, {}
+    p, l, mem, size = {}, {}, {}, 0
     for f in glob.glob(f"{out}/{m}.pathos.*.json"):
         for row in json.load(open(f)):
             p.setdefault(row["test"], []).extend(row["samples_ts"])
-            mem.setdefault(row["test"], []).append(row.get("mem_read_gbs", float("nan")))
-            size[row["test"]] = row["size"]
+            mem.setdefault(row["test"], []).append(row["mem_read_gbs"])
+            size = row["size"]
     for f in glob.glob(f"{out}/{m}.llama.*.json"):
         for row in json.load(open(f)):
             test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
@@ -88,7 +88,7 @@ for m in models:
         gbs = statistics.mean(mem[test])
         # A decode step reads the whole file once: how much of the machine's streaming
         # read bandwidth (measured beside the test) one stream's tokens used.
-        share = size[test] * ma / (gbs * 1e9) if test.startswith("tg") else float("nan")
+        share = size * ma / (gbs * 1e9) if test.startswith("tg") else None
         report["throughput"].append({"model": m, "test": test, "pathos": ma, "pathos_sd": sa,
                                      "llama_cpp": mb, "llama_cpp_sd": sb, "ratio": ma / mb,
                                      "mem_read_gbs": gbs, "file_read_vs_mem_read": share})
@@ -117,7 +117,7 @@ if as_json:
 print("| model | test | pathos t/s | llama.cpp t/s | pathos ÷ llama.cpp | memory read | file read ÷ memory read |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for r in report["throughput"]:
-    share = "" if r["file_read_vs_mem_read"] != r["file_read_vs_mem_read"] else f"{r['file_read_vs_mem_read']:.2f}"
+    share = "" if r["file_read_vs_mem_read"] is None else f"{r['file_read_vs_mem_read']:.2f}"
     print(f"| {r['model']} | {r['test']} | {r['pathos']:.1f} ± {r['pathos_sd']:.1f} | "
           f"{r['llama_cpp']:.1f} ± {r['llama_cpp_sd']:.1f} | {r['ratio']:.2f} | "
           f"{r['mem_read_gbs']:.1f} GB/s | {share} |")

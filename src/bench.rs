@@ -119,15 +119,13 @@ fn run_pp(model: &Model, n: usize) -> Result<Sample> {
     })
 }
 
-/// What one repetition measured: tokens per second, milliseconds per step and the KV
-/// cache size of one sequence at the end.
 /// Bytes [`memory_read_gbs`] streams through: more than most CPUs' last-level cache, so
 /// the reads come from DRAM.
 const STREAM_BYTES: usize = 128 << 20;
 
 /// Streaming read bandwidth over `threads` threads in GB/s: each thread sums its slice
 /// of `buf` (filled here on first use), best of two passes.
-pub fn memory_read_gbs(buf: &mut Vec<u64>, threads: usize) -> f64 {
+fn memory_read_gbs(buf: &mut Vec<u64>, threads: usize) -> f64 {
     if buf.is_empty() {
         *buf = (0..STREAM_BYTES / 8).map(|i| i as u64).collect();
     }
@@ -152,6 +150,8 @@ pub fn memory_read_gbs(buf: &mut Vec<u64>, threads: usize) -> f64 {
     (buf.len() * 8) as f64 / best / 1e9
 }
 
+/// What one repetition measured: tokens per second, milliseconds per step and the KV
+/// cache size of one sequence at the end.
 struct Sample {
     ts: f64,
     ms: f64,
@@ -384,7 +384,7 @@ pub fn run(
                 ms_per_step: ms,
                 peak_rss_mib: peak,
                 kv_mib: samples.last().map_or(0, |s| s.kv) as f64 / (1024.0 * 1024.0),
-                mem_read_gbs: gbs.iter().sum::<f64>() / gbs.len().max(1) as f64,
+                mem_read_gbs: mean_std(&gbs).0,
             }
         })
         .collect();
