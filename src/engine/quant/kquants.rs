@@ -4,9 +4,12 @@
 //! kernels multiply them.
 //!
 //! A K-quant super-block holds 256 weights with one `f16` scale and small integer
-//! sub-block scales. Each 32-weight slice becomes a block with its effective scales in
-//! `f32` (`d · sc`, exact), so products are those of the file's values; the price is
-//! memory: 6 bits per weight instead of 4.5 for Q4_K, 10 instead of 6.6 for Q6_K.
+//! sub-block scales. Each 32-weight slice becomes a block whose scales give the file's
+//! values exactly, so products are those of the file. Q4_K slices keep `d · sc` in
+//! `f32` (6 bits per weight instead of the file's 4.5). Q6_K slices keep the super-block's
+//! `f16` scale and their two `i8` sub-block scales, multiplied in the kernel (exact in
+//! `f32`), and their 6-bit values as nibbles plus two high bits once grouped: 7 bits
+//! per weight instead of the file's 6.6.
 
 use half::f16;
 
@@ -30,12 +33,21 @@ pub struct BlockQ4K32 {
     pub qs: [u8; 16],
 }
 
-/// 32 weights of a Q6_K super-block: `d[j / 16] * (q[j] - 32)`, `q` in 0..64.
+/// 32 weights of a Q6_K super-block: `d * sc[j / 16] * (q[j] - 32)`, `q` in 0..64,
+/// `d` the super-block's `f16` scale (bits).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 pub struct BlockQ6K32 {
-    pub d: [f32; 2],
+    pub d: u16,
+    pub sc: [i8; 2],
     pub q: [u8; QK],
+}
+
+impl BlockQ6K32 {
+    /// Half `h`'s scale, `d · sc[h]`: exact in `f32` (11 by 8 significant bits).
+    pub fn scale(&self, h: usize) -> f32 {
+        f16::from_bits(self.d).to_f32() * f32::from(self.sc[h])
+    }
 }
 
 fn h(b: &[u8]) -> f32 {
@@ -82,7 +94,7 @@ pub fn split_q4k(bytes: &[u8], out: &mut [BlockQ4K32]) {
 pub fn split_q6k(bytes: &[u8], out: &mut [BlockQ6K32]) {
     let (ql, qh) = (&bytes[0..128], &bytes[128..192]);
     let scales = &bytes[192..208];
-    let d = h(&bytes[208..210]);
+    let d = u16::from_le_bytes([bytes[208], bytes[209]]);
     let mut q = [0u8; QK_K];
     for half in 0..2 {
         let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
@@ -95,9 +107,9 @@ pub fn split_q6k(bytes: &[u8], out: &mut [BlockQ6K32]) {
         }
     }
     for (j, b) in out.iter_mut().enumerate().take(QK_K / QK) {
-        let sc = |s: usize| d * f32::from(scales[s] as i8);
         *b = BlockQ6K32 {
-            d: [sc(2 * j), sc(2 * j + 1)],
+            d,
+            sc: [scales[2 * j] as i8, scales[2 * j + 1] as i8],
             q: q[QK * j..QK * (j + 1)].try_into().expect("32 values"),
         };
     }
@@ -159,13 +171,14 @@ impl WeightBlock for BlockQ4K32 {
 }
 
 impl WeightBlock for BlockQ6K32 {
-    const BYTES: usize = 40;
+    const BYTES: usize = 36;
     const ZERO: Self = Self {
-        d: [0.0; 2],
+        d: 0,
+        sc: [0; 2],
         q: [0; QK],
     };
     fn dequantize(&self) -> [f32; QK] {
-        std::array::from_fn(|i| self.d[i / 16] * (i32::from(self.q[i]) - 32) as f32)
+        std::array::from_fn(|i| self.scale(i / 16) * (i32::from(self.q[i]) - 32) as f32)
     }
     fn dot_scalar(w: &[Self], a: &[ActBlock]) -> f32 {
         w.iter()
@@ -176,7 +189,7 @@ impl WeightBlock for BlockQ6K32 {
                         .map(|i| (i32::from(w.q[i]) - 32) * i32::from(a.qs[i]))
                         .sum()
                 };
-                a.d * (w.d[0] * half(0) as f32 + w.d[1] * half(1) as f32)
+                a.d * (w.scale(0) * half(0) as f32 + w.scale(1) * half(1) as f32)
             })
             .sum()
     }

@@ -172,14 +172,25 @@ pub struct Q4Kx8 {
     pub m: [f32; ROWS],
 }
 
-/// Eight [`BlockQ6K32`]s (Q6_K slices): one byte per weight (0..64) as [`Q8_0x8`];
-/// `d[h][r]` scales half `h` (elements `16h..16h + 16`) of row `r`.
+/// Eight [`BlockQ6K32`]s (Q6_K slices). The low four bits of each 6-bit value are
+/// nibbles laid out as [`Q4_1x8`]'s; `qh` holds the top two bits, 32 bytes for vectors
+/// 0..4 and 32 for 4..8: vector `4j + k`'s byte `p` has its two bits in byte `p` of half
+/// `j`, at bits 4..6, 6..8, 0..2, 2..4 for `k` = 0..4, so that a shift by 0, 2 right, 4
+/// left, 2 left and a mask place them at 0x30. `sc[h][r]` scales half `h` (elements
+/// `16h..16h + 16`) of row `r`, times `d[r]`. 224 bytes for 256 weights, against 320
+/// with a byte per value and the scales multiplied out in `f32`: the bytes one
+/// stream's decode reads are what bounds it.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Q6Kx8 {
-    pub q: [u8; 256],
-    pub d: [[f32; ROWS]; 2],
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+    pub d: [u16; ROWS],
+    pub sc: [[i8; ROWS]; 2],
 }
+
+/// Where vector `k` (0..4) of a [`Q6Kx8`] half keeps its two high bits in a byte.
+pub const Q6K_HIGH_SHIFT: [u32; 4] = [4, 6, 0, 2];
 
 impl Interleaved for Q4Kx8 {
     type Block = BlockQ4K32;
@@ -202,15 +213,40 @@ impl Interleaved for Q4Kx8 {
 impl Interleaved for Q6Kx8 {
     type Block = BlockQ6K32;
     fn pack(rows: &[BlockQ6K32; ROWS]) -> Self {
+        // Nibble bytes as Q4_1's (byte j: element j low, j + 16 high), interleaved alike.
+        let nibbles: [[u8; 16]; ROWS] = std::array::from_fn(|r| {
+            std::array::from_fn(|j| (rows[r].q[j] & 0xf) | ((rows[r].q[j + 16] & 0xf) << 4))
+        });
+        let q: [u8; 256] = interleave(std::array::from_fn(|r| &rows[r].q));
+        let mut qh = [0u8; 64];
+        for (i, v) in q.chunks_exact(32).enumerate() {
+            for (p, &x) in v.iter().enumerate() {
+                qh[32 * (i / 4) + p] |= (x >> 4) << Q6K_HIGH_SHIFT[i % 4];
+            }
+        }
         Self {
-            q: interleave(std::array::from_fn(|r| &rows[r].q)),
-            d: [rows.map(|b| b.d[0]), rows.map(|b| b.d[1])],
+            ql: interleave(std::array::from_fn(|r| &nibbles[r])),
+            qh,
+            d: rows.map(|b| b.d),
+            sc: [rows.map(|b| b.sc[0]), rows.map(|b| b.sc[1])],
         }
     }
     fn block(&self, r: usize) -> BlockQ6K32 {
+        let nibbles: [u8; 16] = deinterleave(&self.ql, r);
         BlockQ6K32 {
-            d: [self.d[0][r], self.d[1][r]],
-            q: deinterleave(&self.q, r),
+            d: self.d[r],
+            sc: [self.sc[0][r], self.sc[1][r]],
+            q: std::array::from_fn(|e| {
+                let low = if e < 16 {
+                    nibbles[e] & 0xf
+                } else {
+                    nibbles[e - 16] >> 4
+                };
+                // Element e of row r sits in vector e / 4 at byte 4r + e % 4.
+                let (i, p) = (e / 4, 4 * r + e % 4);
+                let high = (self.qh[32 * (i / 4) + p] >> Q6K_HIGH_SHIFT[i % 4]) & 3;
+                low | (high << 4)
+            }),
         }
     }
 }
@@ -302,13 +338,18 @@ mod tests {
             .collect()
     }
 
-    fn roundtrip<G: Interleaved>()
+    /// `valid` maps a block's raw byte at offset `i` to one the type can hold.
+    fn roundtrip<G: Interleaved>(valid: fn(usize, u8) -> u8)
     where
         G::Block: std::fmt::Debug,
     {
         let size = <G::Block as WeightBlock>::BYTES;
         let (n, kb) = (11, 3);
-        let raw = bytes(n * kb * size, 5);
+        let raw: Vec<u8> = bytes(n * kb * size, 5)
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| valid(i % size, x))
+            .collect();
         let packed: Vec<G> = pack_matrix(&raw, n, kb).expect("sizes match");
         assert_eq!(packed.len(), 2 * kb);
         for row in 0..n {
@@ -326,11 +367,13 @@ mod tests {
 
     #[test]
     fn packing_keeps_every_block() {
-        roundtrip::<Q4_0x8>();
-        roundtrip::<Q4_1x8>();
-        roundtrip::<Q5_0x8>();
-        roundtrip::<Q8_0x8>();
-        roundtrip::<Q4Kx8>();
-        roundtrip::<Q6Kx8>();
+        let any = |_, x| x;
+        roundtrip::<Q4_0x8>(any);
+        roundtrip::<Q4_1x8>(any);
+        roundtrip::<Q5_0x8>(any);
+        roundtrip::<Q8_0x8>(any);
+        roundtrip::<Q4Kx8>(any);
+        // Q6_K values are six bits; they follow the scale (2 bytes) and sub-scales (2).
+        roundtrip::<Q6Kx8>(|i, x| if i >= 4 { x & 63 } else { x });
     }
 }

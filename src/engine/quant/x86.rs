@@ -379,13 +379,6 @@ unsafe fn unpack_nibbles(qs: &[u8; 128]) -> [__m256i; 8] {
     })
 }
 
-/// 256 bytes → eight vectors.
-#[inline(always)]
-unsafe fn load_bytes(q: &[u8; 256]) -> [__m256i; 8] {
-    let p = q.as_ptr() as *const __m256i;
-    std::array::from_fn(|i| _mm256_loadu_si256(p.add(i)))
-}
-
 /// Eight vectors of each group, joined.
 #[inline(always)]
 unsafe fn join8<W: Width>(lo: [__m256i; 8], hi: [__m256i; 8]) -> [W::I; 8] {
@@ -508,14 +501,45 @@ impl Avx2Group for Q5_0x8 {
     }
 }
 
+/// One Q6_K group's 6-bit values (0..64) in eight vectors: the nibbles, each vector's
+/// two high bits shifted to 0x30 and or-ed on (see [`Q6Kx8`]).
+#[inline(always)]
+unsafe fn unpack_q6(g: &Q6Kx8) -> [__m256i; 8] {
+    let low = unpack_nibbles(&g.ql);
+    let p = g.qh.as_ptr() as *const __m256i;
+    let high = [_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))];
+    let mask = _mm256_set1_epi8(0x30);
+    std::array::from_fn(|i| {
+        let h = high[i / 4];
+        // Q6K_HIGH_SHIFT: bits at 4, 6, 0, 2 move to 4.
+        let h = match i % 4 {
+            0 => h,
+            1 => _mm256_srli_epi16(h, 2),
+            2 => _mm256_slli_epi16(h, 4),
+            _ => _mm256_slli_epi16(h, 2),
+        };
+        _mm256_or_si256(low[i], _mm256_and_si256(h, mask))
+    })
+}
+
+/// Half `h`'s eight row scales, `d · sc[h]` (exact in `f32`).
+#[inline(always)]
+unsafe fn q6_scales(g: &Q6Kx8, h: usize) -> __m256 {
+    let sc = _mm_loadl_epi64(g.sc[h].as_ptr() as *const __m128i);
+    _mm256_mul_ps(
+        load_f16x8(&g.d),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)),
+    )
+}
+
 impl Avx2Group for Q6Kx8 {
     type Unpacked<W: Width> = ([W::I; 8], W::F, W::F);
     #[inline(always)]
     unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
         (
-            join8::<W>(load_bytes(&self.q), load_bytes(&hi.q)),
-            W::join_ps(load_f32x8(&self.d[0]), load_f32x8(&hi.d[0])),
-            W::join_ps(load_f32x8(&self.d[1]), load_f32x8(&hi.d[1])),
+            join8::<W>(unpack_q6(self), unpack_q6(hi)),
+            W::join_ps(q6_scales(self, 0), q6_scales(hi, 0)),
+            W::join_ps(q6_scales(self, 1), q6_scales(hi, 1)),
         )
     }
     #[inline(always)]
