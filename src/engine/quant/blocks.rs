@@ -211,25 +211,3 @@ impl WeightBlock for BlockQ8_0 {
             .sum()
     }
 }
-
-/// Asks for 2 MiB pages under a weight matrix about to be written. The matrices are
-/// streamed from memory at every step, and with 4 KiB pages a decode step of a 100 MB
-/// model walks tens of thousands of page-table entries; where transparent huge pages are
-/// enabled on request (`madvise`), this is the request.
-pub(super) fn prefer_huge_pages(ptr: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (ptr as usize).next_multiple_of(HUGE);
-        let end = (ptr as usize + len) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: the range lies inside an allocation this process owns and has not
-            // written yet; MADV_HUGEPAGE only changes how its pages are backed.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (ptr, len);
-}

@@ -14,6 +14,7 @@
 pub mod blocks;
 pub mod kquants;
 pub mod packed;
+pub mod pages;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -24,6 +25,7 @@ use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
 
 use blocks::{ActBlock, QK, WeightBlock};
 use packed::{Interleaved, Q4_0x8, Q4_1x8, Q4Kx8, Q5_0x8, Q6Kx8, Q8_0x8, ROWS};
+use pages::Pages;
 
 /// The block types [`QWeight::from_bytes`] takes (a test checks the two agree).
 const OWN_TYPES: [GgmlDType; 6] = [
@@ -44,12 +46,12 @@ pub struct QWeight {
 }
 
 enum Groups {
-    Q4_0(Vec<Q4_0x8>),
-    Q4_1(Vec<Q4_1x8>),
-    Q5_0(Vec<Q5_0x8>),
-    Q8_0(Vec<Q8_0x8>),
-    Q4K(Vec<Q4Kx8>),
-    Q6K(Vec<Q6Kx8>),
+    Q4_0(Pages<Q4_0x8>),
+    Q4_1(Pages<Q4_1x8>),
+    Q5_0(Pages<Q5_0x8>),
+    Q8_0(Pages<Q8_0x8>),
+    Q4K(Pages<Q4Kx8>),
+    Q6K(Pages<Q6Kx8>),
 }
 
 /// Which code multiplies: chosen once per process.

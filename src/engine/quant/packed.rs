@@ -13,6 +13,7 @@
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock};
 use super::kquants::{BlockQ4K32, BlockQ6K32};
+use super::pages::Pages;
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -258,16 +259,8 @@ fn group_rows<G: Interleaved>(
     n: usize,
     kb: usize,
     block: impl Fn(usize, usize) -> G::Block + Sync,
-) -> Vec<G> {
-    if kb == 0 {
-        return Vec::new();
-    }
+) -> Pages<G> {
     let groups = n.div_ceil(ROWS);
-    let mut out: Vec<G> = Vec::with_capacity(groups * kb);
-    super::blocks::prefer_huge_pages(
-        out.as_mut_ptr() as *mut u8,
-        groups * kb * std::mem::size_of::<G>(),
-    );
     // Group by group, block by block: no division per slot to find its row and block.
     let fill = |first: usize, dst: &mut [std::mem::MaybeUninit<G>]| {
         for (j, group) in dst.chunks_exact_mut(kb).enumerate() {
@@ -284,28 +277,26 @@ fn group_rows<G: Interleaved>(
             }
         }
     };
-    let spare = &mut out.spare_capacity_mut()[..groups * kb];
-    // Large tables (an embedding of tens of MB) are regrouped by two threads: start-up
-    // time is a target, and this is most of it for a model with a large vocabulary.
-    if groups * kb * std::mem::size_of::<G>() >= 8 << 20 {
-        let half = groups / 2;
-        let (front, back) = spare.split_at_mut(half * kb);
-        std::thread::scope(|s| {
-            s.spawn(|| fill(half, back));
-            fill(0, front);
-        });
-    } else {
-        fill(0, spare);
-    }
-    // SAFETY: `fill` wrote every one of the first `groups * kb` slots (the two halves
-    // cover them), and `out` has that capacity.
-    unsafe { out.set_len(groups * kb) };
-    out
+    // Every one of the `groups * kb` slots is written: by one pass, or by two halves.
+    Pages::build(groups * kb, |spare| {
+        // Large tables (an embedding of tens of MB) are regrouped by two threads: start-up
+        // time is a target, and this is most of it for a model with a large vocabulary.
+        if groups * kb * std::mem::size_of::<G>() >= 8 << 20 {
+            let half = groups / 2;
+            let (front, back) = spare.split_at_mut(half * kb);
+            std::thread::scope(|s| {
+                s.spawn(|| fill(half, back));
+                fill(0, front);
+            });
+        } else {
+            fill(0, spare);
+        }
+    })
 }
 
 /// Groups a matrix stored as in the file (`bytes`: `n` rows × `kb` blocks). `None`
 /// when the byte count does not match.
-pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<G>> {
+pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<Pages<G>> {
     let size = <G::Block as WeightBlock>::BYTES;
     if std::mem::size_of::<G::Block>() != size || bytes.len() != n.checked_mul(kb)? * size {
         return None;
@@ -320,7 +311,7 @@ pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<
 }
 
 /// Groups a matrix already split into blocks (`blocks`: `n` rows × `kb`, row order).
-pub fn pack_blocks<G: Interleaved>(blocks: &[G::Block], n: usize, kb: usize) -> Vec<G>
+pub fn pack_blocks<G: Interleaved>(blocks: &[G::Block], n: usize, kb: usize) -> Pages<G>
 where
     G::Block: Sync,
 {
@@ -350,7 +341,7 @@ mod tests {
             .enumerate()
             .map(|(i, x)| valid(i % size, x))
             .collect();
-        let packed: Vec<G> = pack_matrix(&raw, n, kb).expect("sizes match");
+        let packed: Pages<G> = pack_matrix(&raw, n, kb).expect("sizes match");
         assert_eq!(packed.len(), 2 * kb);
         for row in 0..n {
             for b in 0..kb {
