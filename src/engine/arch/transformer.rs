@@ -236,7 +236,7 @@ impl Transformer {
                         ),
                     });
                 }
-                QWeight::from_bytes(dtype, bytes, rows, cols)
+                QWeight::from_file_bytes(dtype, bytes, rows, cols, &|done| gguf.release(done))
                     .map(Some)
                     .ok_or_else(|| Error::CorruptGguf {
                         path: gguf.path().to_path_buf(),

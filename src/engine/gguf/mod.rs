@@ -228,6 +228,24 @@ impl GgufFile {
         out
     }
 
+    /// Drops this process's pages of `bytes`, part of a tensor that
+    /// [`Self::with_tensor_data`] handed out, before the whole tensor is done: a loader
+    /// regrouping a large table as it reads it then never holds the table twice. Only
+    /// whole pages inside `bytes` go (a page shared with bytes still to be read stays);
+    /// bytes that are not part of the map are left alone.
+    pub fn release(&self, bytes: &[u8]) {
+        let (base, start) = (self.map.as_ptr() as usize, bytes.as_ptr() as usize);
+        if start < base || start + bytes.len() > base + self.map.len() {
+            return;
+        }
+        let page = page_size();
+        let lo = (start - base).next_multiple_of(page);
+        let hi = (start - base + bytes.len()) / page * page;
+        if hi > lo {
+            release_pages(&self.map, lo, hi - lo);
+        }
+    }
+
     fn get(&self, key: &str) -> Result<&Meta> {
         self.header
             .metadata
@@ -380,6 +398,19 @@ fn release_pages(map: &memmap2::Mmap, start: usize, len: usize) {
     let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
     #[cfg(not(unix))]
     let _ = (map, start, len);
+}
+
+/// The system's page size (4 KiB where it cannot be asked).
+fn page_size() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads a system constant.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if size > 0 {
+            return size as usize;
+        }
+    }
+    4096
 }
 
 /// Bytes taken by `elems` elements of a ggml type: `None` when the element count is not

@@ -91,23 +91,39 @@ impl QWeight {
     /// A matrix `[n, k]` of type `dtype` from its stored bytes (as in the file), when
     /// the type is one this module multiplies and the byte count fits.
     pub fn from_bytes(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Option<Self> {
+        Self::from_file_bytes(dtype, data, n, k, &|_| {})
+    }
+
+    /// [`Self::from_bytes`] from bytes mapped from the file, `release` handed each run of
+    /// them once it has been read for the last time (the whole of them, for the K-quants,
+    /// once they are split): the loader drops those pages as it goes, so the largest
+    /// tensor is not held twice while it is regrouped.
+    pub fn from_file_bytes(
+        dtype: GgmlDType,
+        data: &[u8],
+        n: usize,
+        k: usize,
+        release: &(dyn Fn(&[u8]) + Sync),
+    ) -> Option<Self> {
         if !k.is_multiple_of(QK) {
             return None;
         }
         let kb = k / QK;
         let groups = match dtype {
-            GgmlDType::Q4_0 => Groups::Q4_0(packed::pack_matrix(data, n, kb)?),
-            GgmlDType::Q4_1 => Groups::Q4_1(packed::pack_matrix(data, n, kb)?),
-            GgmlDType::Q5_0 => Groups::Q5_0(packed::pack_matrix(data, n, kb)?),
-            GgmlDType::Q8_0 => Groups::Q8_0(packed::pack_matrix(data, n, kb)?),
+            GgmlDType::Q4_0 => Groups::Q4_0(packed::pack_matrix(data, n, kb, release)?),
+            GgmlDType::Q4_1 => Groups::Q4_1(packed::pack_matrix(data, n, kb, release)?),
+            GgmlDType::Q5_0 => Groups::Q5_0(packed::pack_matrix(data, n, kb, release)?),
+            GgmlDType::Q8_0 => Groups::Q8_0(packed::pack_matrix(data, n, kb, release)?),
             GgmlDType::Q4K => {
                 let blocks =
                     kquants::split_matrix(data, n, k, kquants::Q4K_BYTES, kquants::split_q4k)?;
+                release(data);
                 Groups::Q4K(packed::pack_blocks(&blocks, n, kb))
             }
             GgmlDType::Q6K => {
                 let blocks =
                     kquants::split_matrix(data, n, k, kquants::Q6K_BYTES, kquants::split_q6k)?;
+                release(data);
                 Groups::Q6K(packed::pack_blocks(&blocks, n, kb))
             }
             _ => return None,

@@ -255,16 +255,26 @@ impl Interleaved for Q6Kx8 {
 /// Groups `n` rows × `kb` blocks, `block(row, b)` giving each, into groups of eight
 /// rows: group `g`'s block `b` is element `g * kb + b`. Rows past `n` in the last group
 /// are zero blocks (their outputs are never written).
+///
+/// `done` is told, in runs of [`DONE_GROUPS`] groups, which rows have been read for the
+/// last time (rows past `n` left out), so that the source can let them go.
 fn group_rows<G: Interleaved>(
     n: usize,
     kb: usize,
     block: impl Fn(usize, usize) -> G::Block + Sync,
+    done: Done<'_>,
 ) -> Pages<G> {
     let groups = n.div_ceil(ROWS);
     // Group by group, block by block: no division per slot to find its row and block.
     let fill = |first: usize, dst: &mut [std::mem::MaybeUninit<G>]| {
+        let mut from = first * ROWS;
+        let count = dst.len() / kb.max(1);
         for (j, group) in dst.chunks_exact_mut(kb).enumerate() {
             let rows0 = (first + j) * ROWS;
+            if j > 0 && j % DONE_GROUPS == 0 {
+                done(from.min(n)..rows0.min(n));
+                from = rows0;
+            }
             for (b, slot) in group.iter_mut().enumerate() {
                 let rows = std::array::from_fn(|r| {
                     if rows0 + r < n {
@@ -275,6 +285,10 @@ fn group_rows<G: Interleaved>(
                 });
                 slot.write(G::pack(&rows));
             }
+        }
+        let end = ((first + count) * ROWS).min(n);
+        if from < end {
+            done(from..end);
         }
     };
     // Every one of the `groups * kb` slots is written: by one pass, or by two halves.
@@ -294,20 +308,39 @@ fn group_rows<G: Interleaved>(
     })
 }
 
+/// Rows `group_rows` has read for the last time.
+type Done<'a> = &'a (dyn Fn(std::ops::Range<usize>) + Sync);
+
+/// Groups between two [`Done`] reports: 512 rows, ~350 KB of a Gemma 3 embedding.
+const DONE_GROUPS: usize = 64;
+
 /// Groups a matrix stored as in the file (`bytes`: `n` rows × `kb` blocks). `None`
-/// when the byte count does not match.
-pub fn pack_matrix<G: Interleaved>(bytes: &[u8], n: usize, kb: usize) -> Option<Pages<G>> {
+/// when the byte count does not match. `release` is handed the source's bytes in runs,
+/// each once it has been read for the last time: a source mapped from the file can drop
+/// those pages as the regrouping goes, so a large table (Gemma 3's 178 MB embedding)
+/// is never resident twice.
+pub fn pack_matrix<G: Interleaved>(
+    bytes: &[u8],
+    n: usize,
+    kb: usize,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> Option<Pages<G>> {
     let size = <G::Block as WeightBlock>::BYTES;
     if std::mem::size_of::<G::Block>() != size || bytes.len() != n.checked_mul(kb)? * size {
         return None;
     }
-    Some(group_rows(n, kb, |row, b| {
+    let row_bytes = kb * size;
+    let done = |rows: std::ops::Range<usize>| {
+        release(&bytes[rows.start * row_bytes..rows.end * row_bytes]);
+    };
+    let block = |row: usize, b: usize| {
         let at = &bytes[(row * kb + b) * size..(row * kb + b + 1) * size];
         // SAFETY: `at` holds `size_of::<G::Block>()` bytes (checked above); the block
         // types are `repr(C)` structs of integers, valid for any bytes; the read is
         // unaligned because the file gives no alignment.
         unsafe { std::ptr::read_unaligned(at.as_ptr() as *const G::Block) }
-    }))
+    };
+    Some(group_rows(n, kb, block, &done))
 }
 
 /// Groups a matrix already split into blocks (`blocks`: `n` rows × `kb`, row order).
@@ -316,7 +349,7 @@ where
     G::Block: Sync,
 {
     debug_assert_eq!(blocks.len(), n * kb);
-    group_rows(n, kb, |row, b| blocks[row * kb + b])
+    group_rows(n, kb, |row, b| blocks[row * kb + b], &|_| {})
 }
 
 #[cfg(test)]
@@ -341,7 +374,7 @@ mod tests {
             .enumerate()
             .map(|(i, x)| valid(i % size, x))
             .collect();
-        let packed: Pages<G> = pack_matrix(&raw, n, kb).expect("sizes match");
+        let packed: Pages<G> = pack_matrix(&raw, n, kb, &|_| {}).expect("sizes match");
         assert_eq!(packed.len(), 2 * kb);
         for row in 0..n {
             for b in 0..kb {
@@ -353,7 +386,7 @@ mod tests {
                 assert_eq!(got, &raw[(row * kb + b) * size..(row * kb + b + 1) * size]);
             }
         }
-        assert!(pack_matrix::<G>(&raw[1..], n, kb).is_none());
+        assert!(pack_matrix::<G>(&raw[1..], n, kb, &|_| {}).is_none());
     }
 
     #[test]
@@ -366,5 +399,31 @@ mod tests {
         roundtrip::<Q4Kx8>(any);
         // Q6_K values are six bits; they follow the scale (2 bytes) and sub-scales (2).
         roundtrip::<Q6Kx8>(|i, x| if i >= 4 { x & 63 } else { x });
+    }
+
+    /// Every source byte is released exactly once, in order within each of the two
+    /// halves a large table is split into, and only rows that exist.
+    #[test]
+    fn the_source_is_released_once_in_runs() {
+        // Over 8 MiB packed, so two threads fill it; a ragged last group.
+        let (n, kb) = (8 * 3000 + 5, 12);
+        let size = <BlockQ8_0 as WeightBlock>::BYTES;
+        let raw = bytes(n * kb * size, 1);
+        let runs = std::sync::Mutex::new(Vec::new());
+        let base = raw.as_ptr() as usize;
+        let release = |b: &[u8]| {
+            let start = b.as_ptr() as usize - base;
+            runs.lock().unwrap().push(start..start + b.len());
+        };
+        let packed: Pages<Q8_0x8> = pack_matrix(&raw, n, kb, &release).expect("sizes match");
+        assert_eq!(packed.len(), n.div_ceil(ROWS) * kb);
+        let mut runs = runs.into_inner().unwrap();
+        assert!(runs.len() > 2, "released in runs, not at the end");
+        runs.sort_by_key(|r| r.start);
+        assert_eq!(runs[0].start, 0);
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start, "no gap, no overlap");
+        }
+        assert_eq!(runs.last().unwrap().end, raw.len());
     }
 }
