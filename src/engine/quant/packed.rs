@@ -264,11 +264,15 @@ fn group_rows<G: Interleaved>(
     block: impl Fn(usize, usize) -> G::Block + Sync,
     done: Done<'_>,
 ) -> Pages<G> {
+    if kb == 0 {
+        // No blocks to write (and no chunks of `kb` slots to cut).
+        return Pages::build(0, |_| {});
+    }
     let groups = n.div_ceil(ROWS);
     // Group by group, block by block: no division per slot to find its row and block.
     let fill = |first: usize, dst: &mut [std::mem::MaybeUninit<G>]| {
         let mut from = first * ROWS;
-        let count = dst.len() / kb.max(1);
+        let count = dst.len() / kb;
         for (j, group) in dst.chunks_exact_mut(kb).enumerate() {
             let rows0 = (first + j) * ROWS;
             if j > 0 && j % DONE_GROUPS == 0 {
@@ -399,6 +403,13 @@ mod tests {
         roundtrip::<Q4Kx8>(any);
         // Q6_K values are six bits; they follow the scale (2 bytes) and sub-scales (2).
         roundtrip::<Q6Kx8>(|i, x| if i >= 4 { x & 63 } else { x });
+    }
+
+    /// A matrix without columns packs to nothing instead of failing.
+    #[test]
+    fn a_matrix_without_columns_packs_to_nothing() {
+        let packed: Pages<Q8_0x8> = pack_matrix(&[], 5, 0, &|_| {}).expect("sizes match");
+        assert!(packed.is_empty());
     }
 
     /// Every source byte is released exactly once, in order within each of the two
