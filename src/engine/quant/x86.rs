@@ -522,24 +522,25 @@ unsafe fn unpack_q6(g: &Q6Kx8) -> [__m256i; 8] {
     })
 }
 
-/// Half `h`'s eight row scales, `d · sc[h]` (exact in `f32`).
+/// Each half's eight row scales, `d · sc[h]` (exact in `f32`), `d` converted once.
 #[inline(always)]
-unsafe fn q6_scales(g: &Q6Kx8, h: usize) -> __m256 {
-    let sc = _mm_loadl_epi64(g.sc[h].as_ptr() as *const __m128i);
-    _mm256_mul_ps(
-        load_f16x8(&g.d),
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)),
-    )
+unsafe fn q6_scales(g: &Q6Kx8) -> [__m256; 2] {
+    let d = load_f16x8(&g.d);
+    g.sc.map(|sc| {
+        let sc = _mm_loadl_epi64(sc.as_ptr() as *const __m128i);
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)))
+    })
 }
 
 impl Avx2Group for Q6Kx8 {
     type Unpacked<W: Width> = ([W::I; 8], W::F, W::F);
     #[inline(always)]
     unsafe fn unpack<W: Width>(&self, hi: &Self) -> Self::Unpacked<W> {
+        let ([lo0, lo1], [hi0, hi1]) = (q6_scales(self), q6_scales(hi));
         (
             join8::<W>(unpack_q6(self), unpack_q6(hi)),
-            W::join_ps(q6_scales(self, 0), q6_scales(hi, 0)),
-            W::join_ps(q6_scales(self, 1), q6_scales(hi, 1)),
+            W::join_ps(lo0, hi0),
+            W::join_ps(lo1, hi1),
         )
     }
     #[inline(always)]
