@@ -28,8 +28,10 @@ fn token_ids_match_llama_cpp() {
                     "{text:?}\n   pathos    {got:?}\n   llama.cpp {want:?}"
                 ));
             }
-            // Decoding gives the text back (SentencePiece may only differ in nothing here).
-            if want == got && !text.is_empty() {
+            // Decoding gives the text back, except for SentencePiece's own space mark
+            // (U+2581), which every SentencePiece decoder, llama.cpp's too, turns into a
+            // space.
+            if want == got && !text.is_empty() && !text.contains('\u{2581}') {
                 assert_eq!(m.tokenizer.decode(&got).unwrap(), text, "{name}: decode");
             }
         }

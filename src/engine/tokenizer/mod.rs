@@ -4,17 +4,17 @@
 //! that matches llama.cpp's tokenization of the same file:
 //! - `gpt2`: byte-level BPE from the stored merges, with the pre-tokenizer regex chosen by
 //!   `tokenizer.ggml.pre` (SmolLM2, Qwen2, Llama 3 …);
-//! - `llama`: SentencePiece-style BPE (Gemma …): merges are derived from the vocabulary
-//!   and its scores (a pair merges when its concatenation is a token; higher score first),
-//!   with byte fallback for characters outside the vocabulary.
+//! - `llama`: SentencePiece (Gemma …): [`sentencepiece::SentencePiece`] merges by the
+//!   vocabulary's scores as llama.cpp does, with byte fallback for characters outside it.
 //!
 //! Control and user-defined tokens are added tokens, so they are recognised in text as
 //! llama.cpp does with `parse_special`. A `tokenizer.json` beside the model overrides all
 //! of this. [`Tokenizer::pieces`] gives the per-token bytes streaming decoding
 //! ([`super::stream_decode`]) reads.
 
+mod sentencepiece;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -28,13 +28,16 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{
     AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+    TokenizerImpl,
 };
 
 use super::error::{Error, Result};
 use super::gguf::GgufFile;
 use super::stream_decode::{DecodeRules, TokenBytes, TokenPieces, push_token_bytes};
+use sentencepiece::SentencePiece;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TYPE_CONTROL: i64 = 3;
@@ -56,9 +59,37 @@ const GPT2_REGEX: &str =
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The `tokenizers` pipeline of a model: a stock one (byte-level BPE, or whatever a
+/// tokenizer.json holds), or one around pathos's SentencePiece model.
+enum Pipeline {
+    Stock(Box<tokenizers::Tokenizer>),
+    SentencePiece(
+        Box<
+            TokenizerImpl<
+                SentencePiece,
+                NormalizerWrapper,
+                PreTokenizerWrapper,
+                PostProcessorWrapper,
+                DecoderWrapper,
+            >,
+        >,
+    ),
+}
+
+/// Runs `$body` with `$t` bound to whichever pipeline `$inner` holds: both are a
+/// `TokenizerImpl` and answer the same calls.
+macro_rules! with_pipeline {
+    ($inner:expr, $t:ident => $body:expr) => {
+        match $inner {
+            Pipeline::Stock($t) => $body,
+            Pipeline::SentencePiece($t) => $body,
+        }
+    };
+}
+
 /// A model's tokenizer plus the special ids generation needs.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Pipeline,
     bos: Option<u32>,
     add_bos: bool,
     end_of_generation: Vec<u32>,
@@ -80,7 +111,12 @@ impl Tokenizer {
             .map(|d| d.join("tokenizer.json"))
             .filter(|p| p.is_file());
         let (inner, pieces) = match override_path {
-            Some(p) => (tokenizers::Tokenizer::from_file(&p).map_err(tok_err)?, None),
+            Some(p) => (
+                Pipeline::Stock(Box::new(
+                    tokenizers::Tokenizer::from_file(&p).map_err(tok_err)?,
+                )),
+                None,
+            ),
             None => build_from_metadata(gguf)?,
         };
         let bos = gguf
@@ -99,8 +135,7 @@ impl Tokenizer {
             end_of_generation.push(eot as u32);
         }
         for t in END_OF_TURN_TOKENS {
-            if let Some(id) = inner
-                .token_to_id(t)
+            if let Some(id) = with_pipeline!(&inner, t2 => t2.token_to_id(t))
                 .filter(|id| !end_of_generation.contains(id))
             {
                 end_of_generation.push(id);
@@ -118,7 +153,7 @@ impl Tokenizer {
     /// Token ids of `text`. `add_special` prepends BOS when the model asks for it;
     /// special-token texts in `text` are always recognised.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
+        let enc = with_pipeline!(&self.inner, t => t.encode_fast(text, false)).map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if let Some(b) = self.bos.filter(|_| add_special && self.add_bos) {
             ids.push(b);
@@ -129,7 +164,7 @@ impl Tokenizer {
 
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(tok_err)
+        with_pipeline!(&self.inner, t => t.decode(ids, false)).map_err(tok_err)
     }
 
     /// Every token's bytes under this tokenizer's decoding rules, for decoding generated
@@ -146,12 +181,12 @@ impl Tokenizer {
 
     /// The id of a token given by its text, if it is one token.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.token_to_id(text)
+        with_pipeline!(&self.inner, t => t.token_to_id(text))
     }
 
     /// The text of one token as stored in the vocabulary.
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        with_pipeline!(&self.inner, t => t.id_to_token(id))
     }
 
     /// BOS token text, for chat templates that print it.
@@ -171,7 +206,7 @@ impl Tokenizer {
 
     /// Number of tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        with_pipeline!(&self.inner, t => t.get_vocab_size(true))
     }
 
     /// Ids that end generation, EOS first.
@@ -183,9 +218,10 @@ impl Tokenizer {
     /// grammar. Special tokens get llguidance's marker byte (0xFF) and their name, so no
     /// grammar over text can produce them.
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
-        let byte_level = self.inner.get_decoder().is_some_and(has_byte_level_decoder);
+        let byte_level =
+            with_pipeline!(&self.inner, t => t.get_decoder()).is_some_and(has_byte_level_decoder);
         let byte_of = gpt2_byte_table();
-        let added = self.inner.get_added_tokens_decoder();
+        let added = with_pipeline!(&self.inner, t => t.get_added_tokens_decoder());
         let specials: HashMap<u32, &str> = added
             .iter()
             .filter(|(_, t)| t.special)
@@ -201,7 +237,7 @@ impl Tokenizer {
                 if let Some(t) = added.get(&id) {
                     return t.content.clone().into_bytes();
                 }
-                let Some(text) = self.inner.id_to_token(id) else {
+                let Some(text) = self.token_text(id) else {
                     return Vec::new();
                 };
                 let mut bytes = Vec::with_capacity(text.len());
@@ -213,11 +249,6 @@ impl Tokenizer {
                 }
             })
             .collect()
-    }
-
-    /// Saves the built pipeline as a `tokenizer.json` (for inspection and debugging).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, true).map_err(tok_err)
     }
 }
 
@@ -270,46 +301,34 @@ fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn build_from_metadata(gguf: &GgufFile) -> Result<(tokenizers::Tokenizer, Option<TokenPieces>)> {
+fn build_from_metadata(gguf: &GgufFile) -> Result<(Pipeline, Option<TokenPieces>)> {
     let model = gguf.str("tokenizer.ggml.model")?;
     let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
     let types: Vec<i64> = gguf
         .int_array("tokenizer.ggml.token_type")
         .unwrap_or_else(|_| vec![1; tokens.len()]);
-    let vocab = vocab_map(&tokens);
     let (mut tok, rules) = match model {
         "gpt2" => {
             let merges = gpt2_merges(gguf)?;
+            let vocab = vocab_map(&tokens);
             let bpe = build_bpe(BPE::builder().vocab_and_merges(vocab, merges))?;
             let mut t = tokenizers::Tokenizer::new(bpe);
             t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(
                 gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default"),
             )?));
             t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
-            (t, DecodeRules::ByteLevel)
+            (Pipeline::Stock(Box::new(t)), DecodeRules::ByteLevel)
         }
         "llama" => {
             let scores = gguf.f32_array("tokenizer.ggml.scores")?;
-            let t = Instant::now();
-            let merges = merges_from_scores(&tokens, &scores, &vocab);
-            tracing::debug!(
-                merges = merges.len(),
-                elapsed = ?t.elapsed(),
-                "merges derived from scores"
-            );
             let unk = gguf
                 .opt_u64("tokenizer.ggml.unknown_token_id")
-                .and_then(|u| tokens.get(u as usize))
-                .map(|u| u.to_string());
-            let mut builder = BPE::builder()
-                .vocab_and_merges(vocab, merges)
-                .byte_fallback(true)
-                .fuse_unk(true);
-            if let Some(unk) = unk {
-                builder = builder.unk_token(unk);
-            }
-            let bpe = build_bpe(builder)?;
-            let mut t = tokenizers::Tokenizer::new(bpe);
+                .map(|u| u as u32)
+                .filter(|&u| (u as usize) < tokens.len());
+            let t = Instant::now();
+            let model = SentencePiece::new(&tokens, &scores, unk);
+            tracing::debug!(elapsed = ?t.elapsed(), "SentencePiece vocabulary indexed");
+            let mut t = TokenizerImpl::new(model);
             let add_prefix = gguf
                 .opt_bool("tokenizer.ggml.add_space_prefix")
                 .unwrap_or(true);
@@ -335,7 +354,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(tokenizers::Tokenizer, Option
                 decoders,
             ))));
             (
-                t,
+                Pipeline::SentencePiece(Box::new(t)),
                 DecodeRules::SentencePiece {
                     strip_space: add_prefix,
                 },
@@ -353,7 +372,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(tokenizers::Tokenizer, Option
         .filter(|(_, ty)| **ty == TYPE_CONTROL || **ty == TYPE_USER_DEFINED)
         .map(|(t, ty)| AddedToken::from(*t, *ty == TYPE_CONTROL).normalized(false))
         .collect();
-    tok.add_special_tokens(added).map_err(tok_err)?;
+    with_pipeline!(&mut tok, t => t.add_special_tokens(added)).map_err(tok_err)?;
     let t = Instant::now();
     // The ids of the vocabulary are the ids of the GGUF's token list (added tokens
     // included), so its texts are what the decoder receives.
@@ -366,8 +385,8 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(tokenizers::Tokenizer, Option
 }
 
 /// Builds the BPE model: `tokenizers` looks up both halves and the result of every merge
-/// and indexes them by id. That is most of a large vocabulary's build time (Gemma 3 has
-/// 515k merges) and out of pathos's hands, so it is timed on its own.
+/// and indexes them by id. That is most of a byte-level vocabulary's build time (Qwen2.5
+/// has 151k merges) and out of pathos's hands, so it is timed on its own.
 fn build_bpe(builder: BpeBuilder) -> Result<BPE> {
     let t = Instant::now();
     let bpe = builder.build().map_err(tok_err)?;
@@ -406,36 +425,6 @@ fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     })
 }
 
-/// SentencePiece merges recovered from a scored vocabulary: every way of writing a token
-/// as the concatenation of two tokens is a merge, ranked by the merged token's score
-/// (highest first), which is the order llama.cpp's SPM tokenizer merges in.
-fn merges_from_scores(tokens: &[&str], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
-    // (score, token id, split byte): strings are made only once the order is known.
-    let mut merges: Vec<(f32, u32, usize)> = Vec::new();
-    for (id, tok) in tokens.iter().enumerate() {
-        let score = scores.get(id).copied().unwrap_or(0.0);
-        for (split, _) in tok.char_indices().skip(1) {
-            let (l, r) = tok.split_at(split);
-            if vocab.contains_key(l) && vocab.contains_key(r) {
-                merges.push((score, id as u32, split));
-            }
-        }
-    }
-    merges.sort_unstable_by(|a, b| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-    });
-    merges
-        .into_iter()
-        .map(|(_, id, split)| {
-            let (l, r) = tokens[id as usize].split_at(split);
-            (l.to_string(), r.to_string())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,23 +435,5 @@ mod tests {
         assert_eq!(vocab.len(), 2);
         assert_eq!(vocab.get("a"), Some(&2));
         assert_eq!(vocab.get("b"), Some(&1));
-    }
-
-    #[test]
-    fn merges_from_scores_ranks_by_merged_score_then_id_then_split() {
-        let tokens = ["a", "b", "c", "\u{2581}", "ab", "bc", "abc", "\u{2581}a"];
-        let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -0.5, -3.0];
-        let merges = merges_from_scores(&tokens, &scores, &vocab_map(&tokens));
-        let pair = |l: &str, r: &str| (l.to_string(), r.to_string());
-        assert_eq!(
-            merges,
-            [
-                pair("a", "bc"),
-                pair("ab", "c"),
-                pair("a", "b"),
-                pair("b", "c"),
-                pair("\u{2581}", "a"),
-            ]
-        );
     }
 }
