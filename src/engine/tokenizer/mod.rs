@@ -4,15 +4,18 @@
 //! that matches llama.cpp's tokenization of the same file:
 //! - `gpt2`: byte-level BPE from the stored merges, with the pre-tokenizer regex chosen by
 //!   `tokenizer.ggml.pre` (SmolLM2, Qwen2, Llama 3 …);
-//! - `llama`: SentencePiece (Gemma …): [`sentencepiece::SentencePiece`] merges by the
-//!   vocabulary's scores as llama.cpp does, with byte fallback for characters outside it.
+//! - `llama`: SentencePiece (Gemma …): merges by the vocabulary's scores as llama.cpp
+//!   does, with byte fallback for characters outside it.
+//!
+//! Both run on pathos's own model ([`vocabulary::Vocabulary`]) inside a `tokenizers`
+//! pipeline, which brings the normalizer, pre-tokenizer, added tokens and decoder.
 //!
 //! Control and user-defined tokens are added tokens, so they are recognised in text as
 //! llama.cpp does with `parse_special`. A `tokenizer.json` beside the model overrides all
 //! of this. [`Tokenizer::pieces`] gives the per-token bytes streaming decoding
 //! ([`super::stream_decode`]) reads.
 
-mod sentencepiece;
+mod vocabulary;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -22,7 +25,6 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
-use tokenizers::models::bpe::{BPE, BpeBuilder, Vocab};
 use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -37,7 +39,7 @@ use tokenizers::{
 use super::error::{Error, Result};
 use super::gguf::GgufFile;
 use super::stream_decode::{DecodeRules, TokenBytes, TokenPieces, push_token_bytes};
-use sentencepiece::SentencePiece;
+use vocabulary::Vocabulary;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TYPE_CONTROL: i64 = 3;
@@ -59,14 +61,14 @@ const GPT2_REGEX: &str =
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The `tokenizers` pipeline of a model: a stock one (byte-level BPE, or whatever a
-/// tokenizer.json holds), or one around pathos's SentencePiece model.
+/// The `tokenizers` pipeline of a model: whatever a tokenizer.json holds, or one around
+/// pathos's own model.
 enum Pipeline {
     Stock(Box<tokenizers::Tokenizer>),
-    SentencePiece(
+    Own(
         Box<
             TokenizerImpl<
-                SentencePiece,
+                Vocabulary,
                 NormalizerWrapper,
                 PreTokenizerWrapper,
                 PostProcessorWrapper,
@@ -82,7 +84,7 @@ macro_rules! with_pipeline {
     ($inner:expr, $t:ident => $body:expr) => {
         match $inner {
             Pipeline::Stock($t) => $body,
-            Pipeline::SentencePiece($t) => $body,
+            Pipeline::Own($t) => $body,
         }
     };
 }
@@ -279,28 +281,6 @@ fn gpt2_byte_table() -> Vec<Option<u8>> {
     table
 }
 
-/// Token text to id, built once in the hash map type `tokenizers` keeps, and used as is
-/// to derive SentencePiece merges before the BPE model takes it over. When a text occurs
-/// twice, the later id wins.
-fn vocab_map(tokens: &[&str]) -> Vocab {
-    let mut vocab = Vocab::with_capacity(tokens.len());
-    for (id, t) in tokens.iter().enumerate() {
-        vocab.insert((*t).to_string(), id as u32);
-    }
-    vocab
-}
-
-/// `tokenizer.ggml.merges` ("left right" per entry) as the pairs `tokenizers` takes.
-fn gpt2_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
-    gguf.str_array("tokenizer.ggml.merges")?
-        .into_iter()
-        .map(|m| match m.split_once(' ') {
-            Some((a, b)) => Ok((a.to_string(), b.to_string())),
-            None => Err(Error::Tokenizer(format!("malformed merge `{m}`"))),
-        })
-        .collect()
-}
-
 fn build_from_metadata(gguf: &GgufFile) -> Result<(Pipeline, Option<TokenPieces>)> {
     let model = gguf.str("tokenizer.ggml.model")?;
     let tokens = gguf.str_array("tokenizer.ggml.tokens")?;
@@ -309,15 +289,16 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(Pipeline, Option<TokenPieces>
         .unwrap_or_else(|_| vec![1; tokens.len()]);
     let (mut tok, rules) = match model {
         "gpt2" => {
-            let merges = gpt2_merges(gguf)?;
-            let vocab = vocab_map(&tokens);
-            let bpe = build_bpe(BPE::builder().vocab_and_merges(vocab, merges))?;
-            let mut t = tokenizers::Tokenizer::new(bpe);
+            let merges = gguf.str_array("tokenizer.ggml.merges")?;
+            let t = Instant::now();
+            let model = Vocabulary::byte_level_bpe(&tokens, &merges).map_err(Error::Tokenizer)?;
+            tracing::debug!(elapsed = ?t.elapsed(), "byte-level BPE vocabulary indexed");
+            let mut t = TokenizerImpl::new(model);
             t.with_pre_tokenizer(Some(gpt2_pre_tokenizer(
                 gguf.opt_str("tokenizer.ggml.pre").unwrap_or("default"),
             )?));
             t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
-            (Pipeline::Stock(Box::new(t)), DecodeRules::ByteLevel)
+            (Pipeline::Own(Box::new(t)), DecodeRules::ByteLevel)
         }
         "llama" => {
             let scores = gguf.f32_array("tokenizer.ggml.scores")?;
@@ -326,7 +307,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(Pipeline, Option<TokenPieces>
                 .map(|u| u as u32)
                 .filter(|&u| (u as usize) < tokens.len());
             let t = Instant::now();
-            let model = SentencePiece::new(&tokens, &scores, unk);
+            let model = Vocabulary::sentencepiece(&tokens, &scores, unk);
             tracing::debug!(elapsed = ?t.elapsed(), "SentencePiece vocabulary indexed");
             let mut t = TokenizerImpl::new(model);
             let add_prefix = gguf
@@ -354,7 +335,7 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(Pipeline, Option<TokenPieces>
                 decoders,
             ))));
             (
-                Pipeline::SentencePiece(Box::new(t)),
+                Pipeline::Own(Box::new(t)),
                 DecodeRules::SentencePiece {
                     strip_space: add_prefix,
                 },
@@ -382,16 +363,6 @@ fn build_from_metadata(gguf: &GgufFile) -> Result<(Pipeline, Option<TokenPieces>
     });
     tracing::debug!(elapsed = ?t.elapsed(), "token pieces built");
     Ok((tok, pieces))
-}
-
-/// Builds the BPE model: `tokenizers` looks up both halves and the result of every merge
-/// and indexes them by id. That is most of a byte-level vocabulary's build time (Qwen2.5
-/// has 151k merges) and out of pathos's hands, so it is timed on its own.
-fn build_bpe(builder: BpeBuilder) -> Result<BPE> {
-    let t = Instant::now();
-    let bpe = builder.build().map_err(tok_err)?;
-    tracing::debug!(elapsed = ?t.elapsed(), "BPE model built");
-    Ok(bpe)
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
@@ -423,17 +394,4 @@ fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             seq(vec![split(GPT2_REGEX)?, byte_level])
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vocab_map_keeps_the_last_id_of_a_repeated_text() {
-        let vocab = vocab_map(&["a", "b", "a"]);
-        assert_eq!(vocab.len(), 2);
-        assert_eq!(vocab.get("a"), Some(&2));
-        assert_eq!(vocab.get("b"), Some(&1));
-    }
 }

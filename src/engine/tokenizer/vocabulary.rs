@@ -1,14 +1,20 @@
-//! SentencePiece vocabularies (GGUF `tokenizer.ggml.model = llama`: Gemma, Llama 2,
-//! Mistral …) tokenized as llama.cpp's SPM tokenizer does.
+//! pathos's own tokenizer models: a vocabulary whose every text is stored once, and the
+//! merge loop llama.cpp runs over it, under one of two rules.
 //!
-//! A text starts as one symbol per character; the adjacent pair whose concatenation is
-//! the highest-scoring token merges first (the leftmost pair on a tie), until no adjacent
-//! pair forms a token. A symbol left outside the vocabulary becomes its bytes' `<0xXX>`
-//! tokens. The vocabulary's scores are the whole model: no merge table is derived from
-//! them. A merge table would have to hold every way of writing a token as two tokens
-//! (Gemma 3: 515k for 262k tokens), and `tokenizers`' BPE keeps it beside two copies of
-//! the vocabulary: ~70 MB resident and about 0.55 s of start-up for Gemma 3, against
-//! ~7 MB and ~0.1 s here.
+//! A text starts as one symbol per character, and the best adjacent pair merges first
+//! (the leftmost on a tie) until no adjacent pair merges:
+//! - SentencePiece (GGUF `tokenizer.ggml.model = llama`: Gemma, Llama 2, Mistral …): a
+//!   pair merges when its concatenation is a token, the highest-scoring first; a symbol
+//!   left outside the vocabulary becomes its bytes' `<0xXX>` tokens. The scores are the
+//!   whole model: no merge table is derived from them (one would hold every way of
+//!   writing a token as two tokens, 515k for Gemma 3's 262k).
+//! - byte-level BPE (`gpt2`: SmolLM2, Qwen2 …, behind the byte-level pre-tokenizer): a pair
+//!   merges when the file's merge list has it, the earliest first.
+//!
+//! `tokenizers`' BPE keeps its vocabulary twice as owned strings plus a merge map of
+//! strings' ids, built by hashing every text again: ~100 MB and ~0.65 s for Gemma 3's
+//! derived table, ~45 MB for Qwen2.5's 151k merges. Here a vocabulary is one string, an
+//! index of ids and the scores or the ranks.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
@@ -17,25 +23,31 @@ use std::path::{Path, PathBuf};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use tokenizers::{AddedToken, Model, Token, Trainer};
 
-/// A scored vocabulary, every text stored once.
-pub struct SentencePiece {
+/// A vocabulary with the rule its pairs merge by, every text stored once.
+pub struct Vocabulary {
     /// Every token's text, concatenated in id order.
     texts: String,
     /// Where token `i`'s text ends in `texts` (it starts where token `i - 1`'s ends).
     ends: Vec<u32>,
-    scores: Vec<f32>,
     /// Token ids by text; a text listed twice finds its later id, as in llama.cpp.
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
-    /// The `<0xXX>` token of each byte.
-    byte_tokens: Vec<Option<u32>>,
-    unk: Option<u32>,
+    rule: Rule,
 }
 
-impl SentencePiece {
-    /// The vocabulary of `tokens` (in id order) with their `scores`; `unk` stands for a
-    /// byte no token covers.
-    pub fn new(tokens: &[&str], scores: &[f32], unk: Option<u32>) -> Self {
+enum Rule {
+    Scores {
+        scores: Vec<f32>,
+        /// The `<0xXX>` token of each byte.
+        byte_tokens: Vec<Option<u32>>,
+        unk: Option<u32>,
+    },
+    /// (left, right) ids to (rank, merged id).
+    Ranks(HashMap<(u32, u32), (u32, u32), DefaultHashBuilder>),
+}
+
+impl Vocabulary {
+    fn index(tokens: &[&str], rule: Rule) -> Self {
         let hasher = DefaultHashBuilder::default();
         let mut texts = String::with_capacity(tokens.iter().map(|t| t.len()).sum());
         let mut ends = Vec::with_capacity(tokens.len());
@@ -52,21 +64,64 @@ impl SentencePiece {
                 }
             }
         }
-        let mut vocab = Self {
+        Self {
             texts,
             ends,
-            scores: (0..tokens.len())
-                .map(|i| scores.get(i).copied().unwrap_or(0.0))
-                .collect(),
             index,
             hasher,
-            byte_tokens: Vec::new(),
-            unk,
-        };
-        vocab.byte_tokens = (0..=255u8)
+            rule,
+        }
+    }
+
+    /// A SentencePiece vocabulary: `tokens` in id order with their `scores`; `unk`
+    /// stands for a byte no token covers.
+    pub fn sentencepiece(tokens: &[&str], scores: &[f32], unk: Option<u32>) -> Self {
+        let scores = (0..tokens.len())
+            .map(|i| scores.get(i).copied().unwrap_or(0.0))
+            .collect();
+        let mut vocab = Self::index(
+            tokens,
+            Rule::Scores {
+                scores,
+                byte_tokens: Vec::new(),
+                unk,
+            },
+        );
+        let bytes: Vec<Option<u32>> = (0..=255u8)
             .map(|b| vocab.id(&format!("<0x{b:02X}>")))
             .collect();
+        if let Rule::Scores { byte_tokens, .. } = &mut vocab.rule {
+            *byte_tokens = bytes;
+        }
         vocab
+    }
+
+    /// A byte-level BPE vocabulary: `tokens` in id order and `merges` ("left right",
+    /// earliest first), each naming two tokens whose concatenation is a token.
+    pub fn byte_level_bpe(tokens: &[&str], merges: &[&str]) -> Result<Self, String> {
+        let mut vocab = Self::index(tokens, Rule::Ranks(HashMap::default()));
+        let mut ranks =
+            HashMap::with_capacity_and_hasher(merges.len(), DefaultHashBuilder::default());
+        let mut joined = String::new();
+        for (rank, m) in merges.iter().enumerate() {
+            let (l, r) = m
+                .split_once(' ')
+                .ok_or_else(|| format!("malformed merge `{m}`"))?;
+            joined.clear();
+            joined.push_str(l);
+            joined.push_str(r);
+            let id = |t: &str| {
+                vocab
+                    .id(t)
+                    .ok_or_else(|| format!("merge `{m}` names `{t}`, which is not a token"))
+            };
+            // A pair listed twice keeps its earliest rank.
+            ranks
+                .entry((id(l)?, id(r)?))
+                .or_insert((rank as u32, id(&joined)?));
+        }
+        vocab.rule = Rule::Ranks(ranks);
+        Ok(vocab)
     }
 
     fn text(&self, id: u32) -> &str {
@@ -78,16 +133,37 @@ impl SentencePiece {
         self.index.find(hash, |&i| self.text(i) == text).copied()
     }
 
+    /// What the pair `left`, `right` merges into and how early: higher merges first.
+    fn merge(&self, text: &str, left: &Symbol, right: &Symbol) -> Option<(f32, u32)> {
+        match &self.rule {
+            Rule::Scores { scores, .. } => {
+                let id = self.id(&text[left.start..right.start + right.len])?;
+                Some((scores[id as usize], id))
+            }
+            Rule::Ranks(ranks) => {
+                let &(rank, id) = ranks.get(&(left.id?, right.id?))?;
+                // Ranks stay below 2^24, so they are exact as floats.
+                Some((-(rank as f32), id))
+            }
+        }
+    }
+
     /// The token of one byte of a symbol outside the vocabulary: its `<0xXX>` token, the
     /// byte itself when it is a one-character token, else the unknown token.
     fn byte_token(&self, byte: u8) -> Option<u32> {
-        self.byte_tokens[usize::from(byte)]
+        let Rule::Scores {
+            byte_tokens, unk, ..
+        } = &self.rule
+        else {
+            return None;
+        };
+        byte_tokens[usize::from(byte)]
             .or_else(|| {
                 byte.is_ascii()
                     .then(|| self.id(char::from(byte).encode_utf8(&mut [0; 4])))
                     .flatten()
             })
-            .or(self.unk)
+            .or(*unk)
     }
 
     /// Token ids of `text` with their byte ranges in it.
@@ -97,6 +173,7 @@ impl SentencePiece {
             .map(|(start, c)| Symbol {
                 start,
                 len: c.len_utf8(),
+                id: self.id(&text[start..start + c.len_utf8()]),
                 next: NONE,
                 prev: NONE,
             })
@@ -120,6 +197,7 @@ impl SentencePiece {
                 continue;
             }
             symbols[l].len += symbols[r].len;
+            symbols[l].id = Some(pair.id);
             symbols[r].len = 0;
             let next = symbols[r].next;
             symbols[l].next = next;
@@ -139,8 +217,12 @@ impl SentencePiece {
         while i != NONE {
             let s = &symbols[i];
             let end = s.start + s.len;
-            match self.id(&text[s.start..end]) {
+            match s.id {
                 Some(id) => out.push((id, s.start, end)),
+                // Byte-level vocabularies hold every character their pre-tokenizer
+                // makes; one that does not has nothing to stand for it, which
+                // `tokenizers`' BPE also skips.
+                None if matches!(self.rule, Rule::Ranks(_)) => {}
                 None => {
                     for (b, at) in text.as_bytes()[s.start..end].iter().zip(s.start..) {
                         let id = self.byte_token(*b).ok_or_else(|| {
@@ -164,13 +246,13 @@ impl SentencePiece {
         right: usize,
     ) {
         let (l, r) = (&symbols[left], &symbols[right]);
-        let len = l.len + r.len;
-        if let Some(id) = self.id(&text[l.start..l.start + len]) {
+        if let Some((score, id)) = self.merge(text, l, r) {
             queue.push(Pair {
-                score: self.scores[id as usize],
+                score,
                 left,
                 right,
-                len,
+                len: l.len + r.len,
+                id,
             });
         }
     }
@@ -189,6 +271,8 @@ struct Symbol {
     start: usize,
     /// Bytes; 0 once merged into the symbol on its left.
     len: usize,
+    /// The token it is, if it is one (a character may not be).
+    id: Option<u32>,
     prev: usize,
     next: usize,
 }
@@ -200,9 +284,11 @@ struct Pair {
     right: usize,
     /// Bytes of the concatenation, to tell a pair whose sides changed since.
     len: usize,
+    /// The token the pair merges into.
+    id: u32,
 }
 
-/// The queue's order: the highest score first, then the leftmost pair.
+/// The queue's order: the highest score (or earliest rank) first, then the leftmost pair.
 impl Ord for Pair {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.score
@@ -225,7 +311,7 @@ impl PartialEq for Pair {
 
 impl Eq for Pair {}
 
-impl Model for SentencePiece {
+impl Model for Vocabulary {
     type Trainer = Untrainable;
 
     fn tokenize(&self, sequence: &str) -> tokenizers::Result<Vec<Token>> {
@@ -256,7 +342,7 @@ impl Model for SentencePiece {
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
-        Err("a GGUF SentencePiece vocabulary is not saved as tokenizer files".into())
+        Err("a vocabulary read from a GGUF file is not saved as tokenizer files".into())
     }
 
     fn get_trainer(&self) -> Untrainable {
@@ -269,14 +355,14 @@ impl Model for SentencePiece {
 pub struct Untrainable;
 
 impl Trainer for Untrainable {
-    type Model = SentencePiece;
+    type Model = Vocabulary;
 
     fn should_show_progress(&self) -> bool {
         false
     }
 
-    fn train(&self, _model: &mut SentencePiece) -> tokenizers::Result<Vec<AddedToken>> {
-        Err("a GGUF SentencePiece vocabulary cannot be trained".into())
+    fn train(&self, _model: &mut Vocabulary) -> tokenizers::Result<Vec<AddedToken>> {
+        Err("a vocabulary read from a GGUF file cannot be trained".into())
     }
 
     fn feed<I, S, F>(&mut self, _iterator: I, _process: F) -> tokenizers::Result<()>
@@ -293,7 +379,7 @@ impl Trainer for Untrainable {
 mod tests {
     use super::*;
 
-    fn ids(vocab: &SentencePiece, text: &str) -> Vec<u32> {
+    fn ids(vocab: &Vocabulary, text: &str) -> Vec<u32> {
         vocab
             .encode(text)
             .unwrap()
@@ -307,20 +393,20 @@ mod tests {
         // "abc": "ab" (-1) against "bc" (-0.5): bc first, then a+bc is a token.
         let tokens = ["a", "b", "c", "ab", "bc", "abc"];
         let scores = [0.0, 0.0, 0.0, -1.0, -0.5, -2.0];
-        let v = SentencePiece::new(&tokens, &scores, None);
+        let v = Vocabulary::sentencepiece(&tokens, &scores, None);
         assert_eq!(ids(&v, "abc"), [5]);
         // Without "abc" the better pair wins and the rest stays apart.
-        let v = SentencePiece::new(&tokens[..5], &scores[..5], None);
+        let v = Vocabulary::sentencepiece(&tokens[..5], &scores[..5], None);
         assert_eq!(ids(&v, "abc"), [0, 4]);
         // "ab" ahead of "bc".
-        let v = SentencePiece::new(&tokens[..5], &[0.0, 0.0, 0.0, -0.5, -1.0], None);
+        let v = Vocabulary::sentencepiece(&tokens[..5], &[0.0, 0.0, 0.0, -0.5, -1.0], None);
         assert_eq!(ids(&v, "abc"), [3, 2]);
     }
 
     #[test]
     fn equal_scores_merge_leftmost_first() {
         let tokens = ["a", "aa"];
-        let v = SentencePiece::new(&tokens, &[0.0, -1.0], None);
+        let v = Vocabulary::sentencepiece(&tokens, &[0.0, -1.0], None);
         assert_eq!(ids(&v, "aaa"), [1, 0]);
         assert_eq!(ids(&v, "aaaa"), [1, 1]);
     }
@@ -330,7 +416,7 @@ mod tests {
         let mut tokens: Vec<String> = vec!["<unk>".into(), "a".into()];
         tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
         let tokens: Vec<&str> = tokens.iter().map(|t| t.as_str()).collect();
-        let v = SentencePiece::new(&tokens, &[], Some(0));
+        let v = Vocabulary::sentencepiece(&tokens, &[], Some(0));
         // é is C3 A9.
         assert_eq!(ids(&v, "aé"), [1, 2 + 0xC3, 2 + 0xA9]);
         let spans: Vec<(usize, usize)> =
@@ -340,15 +426,15 @@ mod tests {
 
     #[test]
     fn a_missing_byte_token_is_the_unknown_token_or_an_error() {
-        let v = SentencePiece::new(&["<unk>", "a"], &[], Some(0));
+        let v = Vocabulary::sentencepiece(&["<unk>", "a"], &[], Some(0));
         assert_eq!(ids(&v, "ab"), [1, 0]);
-        let v = SentencePiece::new(&["a"], &[], None);
+        let v = Vocabulary::sentencepiece(&["a"], &[], None);
         assert!(v.encode("ab").unwrap_err().contains("0x62"));
     }
 
     #[test]
     fn a_repeated_text_finds_its_later_id() {
-        let v = SentencePiece::new(&["a", "b", "a"], &[], None);
+        let v = Vocabulary::sentencepiece(&["a", "b", "a"], &[], None);
         assert_eq!(v.id("a"), Some(2));
         assert_eq!(v.id("b"), Some(1));
         assert_eq!(v.id("c"), None);
@@ -360,7 +446,50 @@ mod tests {
 
     #[test]
     fn an_empty_text_has_no_tokens() {
-        let v = SentencePiece::new(&["a"], &[], None);
+        let v = Vocabulary::sentencepiece(&["a"], &[], None);
         assert!(ids(&v, "").is_empty());
+    }
+
+    #[test]
+    fn listed_pairs_merge_earliest_rank_first() {
+        let tokens = ["a", "b", "c", "ab", "bc", "abc"];
+        // "bc" is listed before "ab": b+c first, then a+bc.
+        let v = Vocabulary::byte_level_bpe(&tokens, &["b c", "a b", "a bc"]).unwrap();
+        assert_eq!(ids(&v, "abc"), [5]);
+        let v = Vocabulary::byte_level_bpe(&tokens, &["a b", "b c", "ab c"]).unwrap();
+        assert_eq!(ids(&v, "abc"), [5]);
+        // A concatenation that is a token but not a listed merge stays apart.
+        let v = Vocabulary::byte_level_bpe(&tokens, &["b c"]).unwrap();
+        assert_eq!(ids(&v, "abc"), [0, 4]);
+        // Equal pairs merge leftmost first.
+        let v = Vocabulary::byte_level_bpe(&["a", "aa"], &["a a"]).unwrap();
+        assert_eq!(ids(&v, "aaa"), [1, 0]);
+    }
+
+    #[test]
+    fn a_pair_listed_twice_keeps_its_earliest_rank() {
+        let tokens = ["a", "b", "c", "ab", "bc"];
+        let v = Vocabulary::byte_level_bpe(&tokens, &["a b", "b c", "a b"]).unwrap();
+        assert_eq!(ids(&v, "abc"), [3, 2]);
+    }
+
+    #[test]
+    fn a_bad_merge_is_an_error_naming_it() {
+        let tokens = ["a", "b", "ab"];
+        let err = Vocabulary::byte_level_bpe(&tokens, &["ab"]).err().unwrap();
+        assert!(err.contains("malformed merge `ab`"), "{err}");
+        let err = Vocabulary::byte_level_bpe(&tokens, &["a c"]).err().unwrap();
+        assert!(err.contains("`c`"), "{err}");
+        let err = Vocabulary::byte_level_bpe(&["a", "b"], &["a b"])
+            .err()
+            .unwrap();
+        assert!(err.contains("`ab`"), "{err}");
+    }
+
+    #[test]
+    fn a_character_outside_a_byte_level_vocabulary_is_skipped() {
+        let v = Vocabulary::byte_level_bpe(&["a", "b", "ab"], &["a b"]).unwrap();
+        assert_eq!(ids(&v, "aéb"), [0, 1]);
+        assert_eq!(ids(&v, "ab"), [2]);
     }
 }
