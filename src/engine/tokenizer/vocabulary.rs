@@ -23,16 +23,21 @@ use std::path::{Path, PathBuf};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use tokenizers::{AddedToken, Model, Token, Trainer};
 
-/// A vocabulary with the rule its pairs merge by, every text stored once.
+/// A vocabulary with the rule its pairs merge by.
 pub struct Vocabulary {
+    texts: Texts,
+    rule: Rule,
+}
+
+/// Every token's text stored once, with an index from text to id.
+struct Texts {
     /// Every token's text, concatenated in id order.
-    texts: String,
-    /// Where token `i`'s text ends in `texts` (it starts where token `i - 1`'s ends).
+    all: String,
+    /// Where token `i`'s text ends in `all` (it starts where token `i - 1`'s ends).
     ends: Vec<u32>,
     /// Token ids by text; a text listed twice finds its later id, as in llama.cpp.
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
-    rule: Rule,
 }
 
 enum Rule {
@@ -46,17 +51,17 @@ enum Rule {
     Ranks(HashMap<(u32, u32), (u32, u32), DefaultHashBuilder>),
 }
 
-impl Vocabulary {
-    fn index(tokens: &[&str], rule: Rule) -> Self {
+impl Texts {
+    fn new(tokens: &[&str]) -> Self {
         let hasher = DefaultHashBuilder::default();
-        let mut texts = String::with_capacity(tokens.iter().map(|t| t.len()).sum());
+        let mut all = String::with_capacity(tokens.iter().map(|t| t.len()).sum());
         let mut ends = Vec::with_capacity(tokens.len());
         let mut index = HashTable::with_capacity(tokens.len());
         for (id, t) in tokens.iter().enumerate() {
-            texts.push_str(t);
-            ends.push(texts.len() as u32);
+            all.push_str(t);
+            ends.push(all.len() as u32);
             let hash = hasher.hash_one(t);
-            let text_of = |i: u32| text_in(&texts, &ends, i);
+            let text_of = |i: u32| text_in(&all, &ends, i);
             match index.find_mut(hash, |&i| text_of(i) == *t) {
                 Some(slot) => *slot = id as u32,
                 None => {
@@ -65,41 +70,44 @@ impl Vocabulary {
             }
         }
         Self {
-            texts,
+            all,
             ends,
             index,
             hasher,
-            rule,
         }
     }
 
+    fn text(&self, id: u32) -> &str {
+        text_in(&self.all, &self.ends, id)
+    }
+
+    fn id(&self, text: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(text);
+        self.index.find(hash, |&i| self.text(i) == text).copied()
+    }
+}
+
+impl Vocabulary {
     /// A SentencePiece vocabulary: `tokens` in id order with their `scores`; `unk`
     /// stands for a byte no token covers.
     pub fn sentencepiece(tokens: &[&str], scores: &[f32], unk: Option<u32>) -> Self {
-        let scores = (0..tokens.len())
-            .map(|i| scores.get(i).copied().unwrap_or(0.0))
-            .collect();
-        let mut vocab = Self::index(
-            tokens,
-            Rule::Scores {
-                scores,
-                byte_tokens: Vec::new(),
-                unk,
-            },
-        );
-        let bytes: Vec<Option<u32>> = (0..=255u8)
-            .map(|b| vocab.id(&format!("<0x{b:02X}>")))
-            .collect();
-        if let Rule::Scores { byte_tokens, .. } = &mut vocab.rule {
-            *byte_tokens = bytes;
-        }
-        vocab
+        let texts = Texts::new(tokens);
+        let rule = Rule::Scores {
+            scores: (0..tokens.len())
+                .map(|i| scores.get(i).copied().unwrap_or(0.0))
+                .collect(),
+            byte_tokens: (0..=255u8)
+                .map(|b| texts.id(&format!("<0x{b:02X}>")))
+                .collect(),
+            unk,
+        };
+        Self { texts, rule }
     }
 
     /// A byte-level BPE vocabulary: `tokens` in id order and `merges` ("left right",
     /// earliest first), each naming two tokens whose concatenation is a token.
     pub fn byte_level_bpe(tokens: &[&str], merges: &[&str]) -> Result<Self, String> {
-        let mut vocab = Self::index(tokens, Rule::Ranks(HashMap::default()));
+        let texts = Texts::new(tokens);
         let mut ranks =
             HashMap::with_capacity_and_hasher(merges.len(), DefaultHashBuilder::default());
         let mut joined = String::new();
@@ -111,7 +119,7 @@ impl Vocabulary {
             joined.push_str(l);
             joined.push_str(r);
             let id = |t: &str| {
-                vocab
+                texts
                     .id(t)
                     .ok_or_else(|| format!("merge `{m}` names `{t}`, which is not a token"))
             };
@@ -120,17 +128,18 @@ impl Vocabulary {
                 .entry((id(l)?, id(r)?))
                 .or_insert((rank as u32, id(&joined)?));
         }
-        vocab.rule = Rule::Ranks(ranks);
-        Ok(vocab)
+        Ok(Self {
+            texts,
+            rule: Rule::Ranks(ranks),
+        })
     }
 
     fn text(&self, id: u32) -> &str {
-        text_in(&self.texts, &self.ends, id)
+        self.texts.text(id)
     }
 
     fn id(&self, text: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(text);
-        self.index.find(hash, |&i| self.text(i) == text).copied()
+        self.texts.id(text)
     }
 
     /// What the pair `left`, `right` merges into and how early: higher merges first.
@@ -258,10 +267,10 @@ impl Vocabulary {
     }
 }
 
-fn text_in<'t>(texts: &'t str, ends: &[u32], id: u32) -> &'t str {
+fn text_in<'t>(all: &'t str, ends: &[u32], id: u32) -> &'t str {
     let i = id as usize;
     let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &texts[start..ends[i] as usize]
+    &all[start..ends[i] as usize]
 }
 
 const NONE: usize = usize::MAX;
@@ -327,18 +336,19 @@ impl Model for Vocabulary {
     }
 
     fn id_to_token(&self, id: u32) -> Option<String> {
-        ((id as usize) < self.ends.len()).then(|| self.text(id).to_string())
+        ((id as usize) < self.texts.ends.len()).then(|| self.text(id).to_string())
     }
 
     fn get_vocab(&self) -> HashMap<String, u32> {
-        self.index
+        self.texts
+            .index
             .iter()
             .map(|&id| (self.text(id).to_string(), id))
             .collect()
     }
 
     fn get_vocab_size(&self) -> usize {
-        self.ends.len()
+        self.texts.ends.len()
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
